@@ -197,22 +197,32 @@ def generate(spec: pathlib.Path) -> dict[str, str]:
     )
 
     coord = [load(p) for p in sorted((spec / "coordinator").glob("*.json"))]
-    keys = "\n".join(
-        f"    {d['apiKey']}: {d['name']},"
-        for d in sorted(coord, key=lambda d: d["apiKey"])
-        if d["type"] == "coordinator-key"
-    )
-    values = "\n".join(
-        f"    {d['apiKey']}: {d['name']},"
-        for d in sorted(coord, key=lambda d: d["apiKey"])
-        if d["type"] == "coordinator-value"
-    )
+    # The three coordinators number their record types independently, so each
+    # internal topic gets its own table: __consumer_offsets, __share_group_state,
+    # __transaction_state.
+    def family(name: str) -> str:
+        if name.startswith("Share"):
+            return "SHARE"
+        if name.startswith("TransactionLog"):
+            return "TRANSACTION"
+        return "GROUP"
+
+    tables = []
+    for fam in ("GROUP", "SHARE", "TRANSACTION"):
+        for kind, label in (("coordinator-key", "KEYS"), ("coordinator-value", "VALUES")):
+            rows = "\n".join(
+                f"    {d['apiKey']}: {d['name']},"
+                for d in sorted(coord, key=lambda d: d["apiKey"])
+                if d["type"] == kind and family(d["name"]) == fam
+            )
+            tables.append(f"{fam}_{label} = {{\n{rows}\n}}\n")
     grouped(
         "coordinator_records.py",
         {"coordinator-key", "coordinator-value"},
         coord,
-        "\n# Coordinator record type (the schemas' apiKey, written as the key's version) -> schema\n"
-        f"KEYS = {{\n{keys}\n}}\n\nVALUES = {{\n{values}\n}}\n",
+        "\n# Record type (the schemas' apiKey, written as the key's int16 prefix) -> schema,\n"
+        "# per internal topic: GROUP = __consumer_offsets, SHARE = __share_group_state,\n"
+        "# TRANSACTION = __transaction_state.\n" + "\n".join(tables),
     )
 
     enum_rows = "\n".join(f"    {upper_snake(apis[k][0])} = {k}" for k in sorted(apis))

@@ -770,13 +770,12 @@ TransactionLogValue = Message(
     ),
 )
 
-# Coordinator record type (the schemas' apiKey, written as the key's version) -> schema
-KEYS = {
+# Record type (the schemas' apiKey, written as the key's int16 prefix) -> schema,
+# per internal topic: GROUP = __consumer_offsets, SHARE = __share_group_state,
+# TRANSACTION = __transaction_state.
+GROUP_KEYS = {
     0: LegacyOffsetCommitKey,
-    0: ShareSnapshotKey,
-    0: TransactionLogKey,
     1: OffsetCommitKey,
-    1: ShareUpdateKey,
     2: GroupMetadataKey,
     3: ConsumerGroupMetadataKey,
     4: ConsumerGroupPartitionMetadataKey,
@@ -784,12 +783,6 @@ KEYS = {
     6: ConsumerGroupTargetAssignmentMetadataKey,
     7: ConsumerGroupTargetAssignmentMemberKey,
     8: ConsumerGroupCurrentMemberAssignmentKey,
-    10: ShareGroupMemberMetadataKey,
-    11: ShareGroupMetadataKey,
-    12: ShareGroupTargetAssignmentMetadataKey,
-    13: ShareGroupTargetAssignmentMemberKey,
-    14: ShareGroupCurrentMemberAssignmentKey,
-    15: ShareGroupStatePartitionMetadataKey,
     16: ConsumerGroupRegularExpressionKey,
     17: StreamsGroupMetadataKey,
     19: StreamsGroupMemberMetadataKey,
@@ -799,12 +792,9 @@ KEYS = {
     23: StreamsGroupTopologyKey,
 }
 
-VALUES = {
+GROUP_VALUES = {
     0: LegacyOffsetCommitValue,
-    0: ShareSnapshotValue,
-    0: TransactionLogValue,
     1: OffsetCommitValue,
-    1: ShareUpdateValue,
     2: GroupMetadataValue,
     3: ConsumerGroupMetadataValue,
     4: ConsumerGroupPartitionMetadataValue,
@@ -812,12 +802,6 @@ VALUES = {
     6: ConsumerGroupTargetAssignmentMetadataValue,
     7: ConsumerGroupTargetAssignmentMemberValue,
     8: ConsumerGroupCurrentMemberAssignmentValue,
-    10: ShareGroupMemberMetadataValue,
-    11: ShareGroupMetadataValue,
-    12: ShareGroupTargetAssignmentMetadataValue,
-    13: ShareGroupTargetAssignmentMemberValue,
-    14: ShareGroupCurrentMemberAssignmentValue,
-    15: ShareGroupStatePartitionMetadataValue,
     16: ConsumerGroupRegularExpressionValue,
     17: StreamsGroupMetadataValue,
     19: StreamsGroupMemberMetadataValue,
@@ -825,4 +809,34 @@ VALUES = {
     21: StreamsGroupTargetAssignmentMemberValue,
     22: StreamsGroupCurrentMemberAssignmentValue,
     23: StreamsGroupTopologyValue,
+}
+
+SHARE_KEYS = {
+    0: ShareSnapshotKey,
+    1: ShareUpdateKey,
+    10: ShareGroupMemberMetadataKey,
+    11: ShareGroupMetadataKey,
+    12: ShareGroupTargetAssignmentMetadataKey,
+    13: ShareGroupTargetAssignmentMemberKey,
+    14: ShareGroupCurrentMemberAssignmentKey,
+    15: ShareGroupStatePartitionMetadataKey,
+}
+
+SHARE_VALUES = {
+    0: ShareSnapshotValue,
+    1: ShareUpdateValue,
+    10: ShareGroupMemberMetadataValue,
+    11: ShareGroupMetadataValue,
+    12: ShareGroupTargetAssignmentMetadataValue,
+    13: ShareGroupTargetAssignmentMemberValue,
+    14: ShareGroupCurrentMemberAssignmentValue,
+    15: ShareGroupStatePartitionMetadataValue,
+}
+
+TRANSACTION_KEYS = {
+    0: TransactionLogKey,
+}
+
+TRANSACTION_VALUES = {
+    0: TransactionLogValue,
 }
