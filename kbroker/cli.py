@@ -1,0 +1,129 @@
+"""Command line: ``kbroker [-c server.properties] [server.properties] [--override key=value]...``.
+
+Reads the configuration (Kafka names; see :mod:`kbroker.config`), sets up
+logging on stderr, and hands the Config to :func:`kbroker.server.run`.
+Exit status: 0 after a clean shutdown, 2 for a bad command line or
+configuration, 1 when the server cannot be started.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from typing import Optional, Sequence
+
+from kbroker.config import Config, ConfigError
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+log = logging.getLogger("kbroker")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> "NoReturn":  # type: ignore[name-defined]  # noqa: F821
+        self.print_usage(sys.stderr)
+        print(f"kbroker: {message}", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog="kbroker",
+        description="An Apache Kafka-compatible broker (single combined broker/controller node).",
+        epilog="Settings use Kafka's broker config names, e.g. "
+               "--override listeners=PLAINTEXT://127.0.0.1:9092 --override log.dirs=/var/lib/kbroker",
+    )
+    p.add_argument("properties", nargs="?", metavar="server.properties",
+                   help="properties file, as for kafka-server-start.sh")
+    p.add_argument("-c", "--config", metavar="FILE", help="properties file (same as the positional form)")
+    p.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
+                   help="set one config; repeatable; wins over the file")
+    p.add_argument("--log-level", default="INFO", type=str.upper, choices=LOG_LEVELS,
+                   help="logging threshold (default INFO)")
+    p.add_argument("--print-config", action="store_true",
+                   help="print every effective setting with its source, then exit")
+    p.add_argument("--version", action="store_true", help="print the version and exit")
+    return p
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("kbroker")
+    except Exception:
+        return "unknown"
+
+
+def setup_logging(level: str) -> None:
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        root.removeHandler(h)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    root.addHandler(handler)
+    root.setLevel(getattr(logging, level))
+
+
+def _load_server():
+    """Import kbroker.server; return its ``run`` or None with a message printed."""
+    try:
+        module = importlib.import_module("kbroker.server")
+    except ModuleNotFoundError as e:
+        if e.name in ("kbroker.server", "kbroker"):
+            print("kbroker: the server module (kbroker.server) is not available in this installation",
+                  file=sys.stderr)
+            return None
+        raise
+    run = getattr(module, "run", None)
+    if run is None:
+        print("kbroker: kbroker.server has no run(config) function", file=sys.stderr)
+        return None
+    return run
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.version:
+        print(f"kbroker {_version()}")
+        return 0
+    if args.config and args.properties and args.config != args.properties:
+        print(f"kbroker: two config files given ({args.config} and {args.properties}); give one",
+              file=sys.stderr)
+        return 2
+    setup_logging(args.log_level)
+    path = args.config or args.properties
+    try:
+        config = Config.load(path, args.override)
+    except ConfigError as e:
+        print(f"kbroker: {e}", file=sys.stderr)
+        return 2
+    if args.print_config:
+        for name, value, source in config.describe():
+            print(f"{name}={'' if value is None else value}  # {source}")
+        return 0
+    run = _load_server()
+    if run is None:
+        return 1
+    log.info("kbroker %s starting (node.id=%s, config %s)", _version(), config["node.id"],
+             path or "defaults")
+    try:
+        run(config)
+    except KeyboardInterrupt:
+        return 130
+    except ConfigError as e:
+        # Settings that only the server can check (e.g. cluster.id against meta.properties).
+        print(f"kbroker: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def entry() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry()
