@@ -227,7 +227,9 @@ def validate_batch(buf, pos: int = 0) -> BatchHeader:
     header = read_batch_header(buf, pos)
     length = header.batch_length
     if length < _MIN_BATCH_LENGTH:
-        raise ProtocolError(f"record batch at byte {pos}: batch_length {length} is below the minimum {_MIN_BATCH_LENGTH}")
+        raise ProtocolError(
+            f"record batch at byte {pos}: batch_length {length} is below the minimum {_MIN_BATCH_LENGTH}"
+        )
     end = pos + LOG_OVERHEAD + length
     if end > len(buf):
         raise ProtocolError(
@@ -237,13 +239,16 @@ def validate_batch(buf, pos: int = 0) -> BatchHeader:
     view = buf if isinstance(buf, memoryview) else memoryview(buf)
     actual = crc32c(view[pos + _ATTRIBUTES_OFFSET:end])
     if actual != header.crc:
-        raise ProtocolError(f"record batch at byte {pos}: CRC mismatch (stored {header.crc:#010x}, computed {actual:#010x})")
+        raise ProtocolError(
+            f"record batch at byte {pos}: CRC mismatch (stored {header.crc:#010x}, computed {actual:#010x})"
+        )
     if header.records_count < 0:
         raise ProtocolError(f"record batch at byte {pos}: negative records_count {header.records_count}")
     if header.last_offset_delta < 0:
         raise ProtocolError(f"record batch at byte {pos}: negative last_offset_delta {header.last_offset_delta}")
-    if header.attributes & _COMPRESSION_MASK > Compression.ZSTD:
-        raise ProtocolError(f"record batch at byte {pos}: unknown compression codec id {header.attributes & _COMPRESSION_MASK}")
+    codec = header.attributes & _COMPRESSION_MASK
+    if codec > Compression.ZSTD:
+        raise ProtocolError(f"record batch at byte {pos}: unknown compression codec id {codec}")
     return header
 
 
