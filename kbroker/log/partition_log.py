@@ -1,0 +1,995 @@
+"""The on-disk log of one partition (Kafka's ``UnifiedLog`` / ``LocalLog``).
+
+A directory ``<log.dir>/<topic>-<partition>/`` holding segments (see
+:mod:`kbroker.log.segment`) plus small checkpoint files:
+
+``log-start-offset``  first offset visible to readers (DeleteRecords, retention)
+``recovery-point``    every batch below this offset has been fsynced
+``cleaner-checkpoint`` compaction bookkeeping (JSON)
+``<offset>.snapshot`` idempotent-producer state as of ``offset``
+
+No trio in here and no clock reads where it matters: callers pass ``now_ms``.
+The object is not thread-safe; the few slow operations (fsync, compaction,
+deleting files) are split into a *prepare* step (caller's thread), a *run*
+step that touches only private file descriptors and paths (safe in a worker
+thread) and a *commit* step (caller's thread again); the plain methods
+(:meth:`flush`, :meth:`compact`, ...) just do all three in a row.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import time
+from bisect import bisect_right
+from dataclasses import dataclass, field
+from typing import Callable
+
+from protocol.errors import ProtocolError
+from protocol.records import (
+    BATCH_HEADER_SIZE,
+    LOG_OVERHEAD,
+    read_batch_header,
+    set_base_offset,
+    set_log_append_time,
+    set_partition_leader_epoch,
+)
+
+from . import producer_state as ps
+from .config import LogConfig
+from .errors import (
+    CorruptRecord,
+    InvalidOffset,
+    InvalidProducerEpoch,
+    KafkaStorageError,
+    OffsetOutOfRange,
+    OutOfOrderSequence,
+)
+from .segment import (
+    INDEX_SUFFIX,
+    LOG_SUFFIX,
+    MAX_RELATIVE_OFFSET,
+    TIMEINDEX_SUFFIX,
+    Segment,
+    file_stem,
+)
+
+LOG_START_OFFSET_FILE = "log-start-offset"
+RECOVERY_POINT_FILE = "recovery-point"
+CLEANER_CHECKPOINT_FILE = "cleaner-checkpoint"
+CLEANED_SUFFIX = ".cleaned"
+SWAP_SUFFIX = ".swap"
+DELETED_SUFFIX = ".deleted"
+SNAPSHOTS_TO_KEEP = 2
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+@dataclass
+class AppendInfo:
+    """Result of :meth:`PartitionLog.append`."""
+
+    first_offset: int
+    last_offset: int
+    log_append_time: int  # -1 unless the batches were stamped with LogAppendTime
+    max_timestamp: int
+    num_batches: int
+    num_records: int  # offsets consumed (sum of last_offset_delta + 1)
+    valid_bytes: int
+    log_start_offset: int
+    duplicate: bool = False  # idempotent retry: nothing written, offsets are the original ones
+    rolled: bool = False
+
+
+@dataclass
+class ReadResult:
+    """Result of :meth:`PartitionLog.read`."""
+
+    records: bytes | memoryview  # whole batches, possibly empty
+    log_start_offset: int
+    log_end_offset: int
+    first_offset: int  # base offset of the first returned batch, -1 if none
+    next_offset: int  # offset to fetch next after consuming ``records``
+
+
+@dataclass
+class CompactionStats:
+    segments_cleaned: int = 0
+    segments_written: int = 0
+    bytes_before: int = 0
+    bytes_after: int = 0
+    records_removed: int = 0
+    tombstones_removed: int = 0
+    aborted: bool = False
+
+
+@dataclass
+class FlushJob:
+    """fsync work captured by :meth:`PartitionLog.prepare_flush` (run it anywhere)."""
+
+    target_offset: int
+    fds: list[int]  # dup'ed descriptors, closed by run()
+    paths: list[str]  # index files / directory to fsync by path
+    done: bool = False
+
+    def run(self) -> None:
+        try:
+            for fd in self.fds:
+                os.fsync(fd)
+            for p in self.paths:
+                try:
+                    fd = os.open(p, os.O_RDONLY)
+                except FileNotFoundError:
+                    continue
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+        finally:
+            for fd in self.fds:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+            self.fds = []
+        self.done = True
+
+
+def parse_log_dir_name(name: str) -> tuple[str, int] | None:
+    """``"my.topic-name-3"`` -> ``("my.topic-name", 3)``; None if not a log dir name."""
+    topic, sep, part = name.rpartition("-")
+    if not sep or not topic or not part.isdigit():
+        return None
+    return topic, int(part)
+
+
+def log_dir_name(topic: str, partition: int) -> str:
+    return f"{topic}-{partition}"
+
+
+class PartitionLog:
+    """Segments of one partition plus offsets, flush state and producer state."""
+
+    def __init__(self, path: str, config: LogConfig) -> None:
+        self.path = path
+        self.config = config
+        parsed = parse_log_dir_name(os.path.basename(os.path.normpath(path)))
+        self.topic, self.partition = parsed if parsed else (os.path.basename(path), 0)
+        self.segments: list[Segment] = []
+        self._bases: list[int] = []
+        self.log_start_offset = 0
+        self.recovery_point = 0
+        self.producer_state = ps.ProducerStateManager()
+        self.last_flush_ms = _now_ms()
+        self.generation = 0  # bumped by truncation (invalidates in-flight compaction)
+        self.pending_file_deletions: list[str] = []
+        self._dir_dirty = False
+        self._cleaner_state: dict = {}
+        self.closed = False
+        self.recovered_bytes_truncated = 0
+
+    # ================================================================== open
+
+    @classmethod
+    def open(
+        cls, path: str, config: LogConfig, *, recover: bool = False, now_ms: int | None = None
+    ) -> "PartitionLog":
+        """Open (creating if needed) the log in directory ``path``.
+
+        ``recover=True`` after an unclean shutdown: every segment from the one
+        holding the recovery point on is CRC-checked, a torn/corrupt tail is
+        cut off (and all later segments dropped), and their indexes rebuilt.
+        ``recover=False`` trusts the files but still sanity-checks the indexes.
+        """
+        now = _now_ms() if now_ms is None else now_ms
+        os.makedirs(path, exist_ok=True)
+        log = cls(path, config)
+        log._load(recover, now)
+        return log
+
+    def _seg_kwargs(self) -> dict:
+        return dict(index_interval=self.config.index_interval_bytes,
+                    index_bytes=self.config.segment_index_bytes)
+
+    def _load(self, recover: bool, now: int) -> None:
+        d = self.path
+        self._finish_interrupted_swaps()
+        names = os.listdir(d)
+        bases = []
+        for name in names:
+            full = os.path.join(d, name)
+            if name.endswith((CLEANED_SUFFIX, DELETED_SUFFIX, ".tmp")):
+                _unlink(full)
+            elif name.endswith(LOG_SUFFIX) and name[:-len(LOG_SUFFIX)].isdigit():
+                bases.append(int(name[:-len(LOG_SUFFIX)]))
+        bases.sort()
+        base_set = set(bases)
+        for name in names:
+            for suffix in (INDEX_SUFFIX, TIMEINDEX_SUFFIX):
+                if name.endswith(suffix):
+                    stem = name[:-len(suffix)]
+                    if not stem.isdigit() or int(stem) not in base_set:
+                        _unlink(os.path.join(d, name))
+
+        log_start_ckpt = _read_int_file(os.path.join(d, LOG_START_OFFSET_FILE))
+        rp_ckpt = _read_int_file(os.path.join(d, RECOVERY_POINT_FILE)) or 0
+        self._cleaner_state = _read_json_file(os.path.join(d, CLEANER_CHECKPOINT_FILE))
+
+        # the segment holding the recovery point and everything after it are checked
+        first_unflushed = 0
+        if recover:
+            i = bisect_right(bases, rp_ckpt) - 1
+            first_unflushed = bases[i] if i >= 0 else -1
+        truncated_total = 0
+        segments: list[Segment] = []
+        kw = self._seg_kwargs()
+        drop_rest = False
+        for base in bases:
+            if drop_rest:
+                _delete_segment_files(d, base)
+                continue
+            if segments and base < segments[-1].next_offset:
+                # overlapping segments: only possible after corruption
+                if not recover:
+                    raise KafkaStorageError(f"{d}: segment {base} overlaps the previous one")
+                _delete_segment_files(d, base)
+                drop_rest = True
+                continue
+            do_recover = recover and base >= first_unflushed
+            try:
+                seg, truncated = Segment.open(d, base, now_ms=now, recover=do_recover, **kw)
+            except CorruptRecord:
+                seg, truncated = Segment.open(d, base, now_ms=now, recover=True, **kw)
+            segments.append(seg)
+            if truncated:
+                truncated_total += truncated
+                drop_rest = True
+        self.recovered_bytes_truncated = truncated_total
+        self.segments = segments
+        self._bases = [s.base_offset for s in segments]
+        if not segments:
+            start = log_start_ckpt or 0
+            self._add_segment(start, now)
+        self.log_start_offset = max(log_start_ckpt or 0, self.segments[0].base_offset)
+        if self.log_start_offset > self.log_end_offset:
+            # recovery cut below the log start: never hand out offsets twice
+            self._truncate_fully(self.log_start_offset, now)
+        self.recovery_point = self.log_end_offset if recover else min(rp_ckpt, self.log_end_offset)
+        if not recover and rp_ckpt < self.log_end_offset:
+            # A "clean" open with a stale recovery point: data was written by a
+            # clean shutdown path that did not record it; trust it.
+            self.recovery_point = self.log_end_offset
+        if recover:
+            for seg in self.segments:
+                if seg.base_offset >= first_unflushed:
+                    seg.persist_indexes()
+            self._write_recovery_point()
+        self._load_producer_state()
+
+    def _finish_interrupted_swaps(self) -> None:
+        """Complete compaction swaps that were renamed to ``.swap`` before a crash.
+
+        ``<base>-<end>.swap`` is a complete, fsynced replacement for every
+        segment whose base offset is in [base, end).
+        """
+        d = self.path
+        for name in sorted(os.listdir(d)):
+            if not name.endswith(SWAP_SUFFIX):
+                continue
+            stem = name[:-len(SWAP_SUFFIX)]
+            lo, sep, hi = stem.partition("-")
+            if not sep or not lo.isdigit() or not hi.isdigit():
+                _unlink(os.path.join(d, name))
+                continue
+            lo_i, hi_i = int(lo), int(hi)
+            for other in os.listdir(d):
+                if other.endswith(LOG_SUFFIX) and other[:-len(LOG_SUFFIX)].isdigit():
+                    b = int(other[:-len(LOG_SUFFIX)])
+                    if lo_i <= b < hi_i:
+                        _delete_segment_files(d, b)
+            os.replace(os.path.join(d, name), os.path.join(d, file_stem(lo_i) + LOG_SUFFIX))
+        _fsync_dir(d)
+
+    def _load_producer_state(self) -> None:
+        leo = self.log_end_offset
+        ps.delete_snapshots(self.path, keep=lambda off: off <= leo)
+        mgr = ps.ProducerStateManager.load_snapshot(self.path, leo)
+        if mgr is None or mgr.map_end_offset < self.log_start_offset:
+            mgr = ps.ProducerStateManager()
+            mgr.map_end_offset = self.log_start_offset
+        self.producer_state = mgr
+        self._replay_producer_state(mgr.map_end_offset)
+        mgr.truncate_head(self.log_start_offset)
+        mgr.map_end_offset = leo
+
+    def _replay_producer_state(self, from_offset: int) -> None:
+        """Feed batch headers from ``from_offset`` to the log end (header reads only)."""
+        mgr = self.producer_state
+        i = max(0, bisect_right(self._bases, from_offset) - 1)
+        for seg in self.segments[i:]:
+            if seg.next_offset <= from_offset:
+                continue
+            found = seg.find(from_offset) if seg.base_offset < from_offset else None
+            start = found[0] if found else 0
+            for _pos, h in seg.iter_headers(start, seg.size):
+                if h.last_offset >= from_offset:
+                    mgr.record_header(h)
+
+    # ================================================================== properties
+
+    @property
+    def active_segment(self) -> Segment:
+        return self.segments[-1]
+
+    @property
+    def log_end_offset(self) -> int:
+        return self.segments[-1].next_offset
+
+    @property
+    def size_in_bytes(self) -> int:
+        return sum(s.size for s in self.segments)
+
+    @property
+    def num_segments(self) -> int:
+        return len(self.segments)
+
+    def update_config(self, config: LogConfig) -> None:
+        """New topic config; takes effect for future appends/rolls/retention."""
+        self.config = config
+        for seg in self.segments:
+            seg.index_interval = config.index_interval_bytes
+
+    # ================================================================== append
+
+    def append(
+        self,
+        batches,
+        *,
+        assign_offsets: bool = True,
+        log_append_time_ms: int | None = None,
+        leader_epoch: int = 0,
+        now_ms: int | None = None,
+        check_producer_state: bool | None = None,
+    ) -> AppendInfo:
+        """Append one or more record batches (already CRC-validated by the caller).
+
+        ``assign_offsets=True`` (leader): base offsets are rewritten in place
+        from the log end offset, the partition leader epoch is stamped, and
+        idempotent producers are checked (raises :class:`OutOfOrderSequence`
+        or :class:`InvalidProducerEpoch`; a retried batch returns the original
+        offsets with ``duplicate=True`` and writes nothing).  With
+        ``log_append_time_ms`` every batch is re-stamped as LogAppendTime.
+
+        ``assign_offsets=False`` (follower): batches keep their offsets, which
+        must not go below the log end offset (:class:`InvalidOffset`).
+
+        ``batches`` must be writable (bytearray / writable memoryview) when
+        anything is patched; bytes are copied once in that case.
+        """
+        now = _now_ms() if now_ms is None else now_ms
+        buf = batches
+        n = len(buf)
+        if n == 0:
+            raise CorruptRecord("empty record set")
+        if assign_offsets and isinstance(buf, bytes):
+            buf = bytearray(buf)
+        check = assign_offsets if check_producer_state is None else check_producer_state
+
+        # ---- pass 1: parse headers, compute offsets
+        metas: list[tuple[int, int, int, int]] = []  # (pos, base, next, max_ts)
+        headers = []
+        pos = 0
+        next_off = self.log_end_offset
+        first_base = None
+        max_ts = -1
+        max_ts_offset = -1
+        n_records = 0
+        while pos < n:
+            try:
+                h = read_batch_header(buf, pos)
+            except ProtocolError as e:
+                raise CorruptRecord(str(e)) from None
+            size = h.batch_length + LOG_OVERHEAD
+            if h.batch_length < BATCH_HEADER_SIZE - LOG_OVERHEAD or pos + size > n or h.magic != 2 \
+                    or h.last_offset_delta < 0:
+                raise CorruptRecord(f"malformed record batch at byte {pos}")
+            if assign_offsets:
+                base = next_off
+            else:
+                base = h.base_offset
+                if base < next_off:
+                    raise InvalidOffset(
+                        f"batch base offset {base} is below the expected next offset {next_off}"
+                    )
+            nxt = base + h.last_offset_delta + 1
+            bts = h.max_timestamp if log_append_time_ms is None else log_append_time_ms
+            if bts > max_ts:
+                max_ts, max_ts_offset = bts, base
+            metas.append((pos, base, nxt, bts))
+            headers.append(h)
+            if first_base is None:
+                first_base = base
+            n_records += h.last_offset_delta + 1
+            next_off = nxt
+            pos += size
+        last_offset = next_off - 1
+
+        # ---- producer state (leader appends)
+        pstate = self.producer_state
+        saved = None
+        if check:
+            pids = {h.producer_id for h in headers if h.producer_id >= 0}
+            if pids:
+                saved = pstate.snapshot_entries(pids), pstate.map_end_offset
+                for (p, base, nxt, bts), h in zip(metas, headers):
+                    if h.producer_id < 0:
+                        continue
+                    if h.is_control:
+                        pstate.record_header(h._replace(base_offset=base))
+                        continue
+                    res = pstate.check(h.producer_id, h.producer_epoch, h.base_sequence, h.last_sequence)
+                    if res.verdict is ps.Verdict.OK:
+                        pstate.record(h.producer_id, h.producer_epoch, h.base_sequence, h.last_sequence,
+                                      base, nxt - 1, bts, is_transactional=h.is_transactional)
+                        continue
+                    pstate.restore(*saved)
+                    if res.verdict is ps.Verdict.DUPLICATE:
+                        d = res.duplicate
+                        return AppendInfo(d.first_offset, d.last_offset, -1, d.timestamp, 0, 0, 0,
+                                          self.log_start_offset, duplicate=True)
+                    if res.verdict is ps.Verdict.INVALID_PRODUCER_EPOCH:
+                        raise InvalidProducerEpoch(res.message)
+                    raise OutOfOrderSequence(res.message)
+        else:
+            pids = {h.producer_id for h in headers if h.producer_id >= 0}
+            if pids:
+                saved = pstate.snapshot_entries(pids), pstate.map_end_offset
+                for (p, base, nxt, bts), h in zip(metas, headers):
+                    if h.producer_id >= 0:
+                        pstate.record_header(h._replace(base_offset=base, max_timestamp=bts))
+
+        # ---- pass 2: patch in place
+        if assign_offsets:
+            for p, base, _nxt, _ts in metas:
+                set_base_offset(buf, p, base)
+                set_partition_leader_epoch(buf, p, leader_epoch)
+        if log_append_time_ms is not None:
+            for p, _b, _n, _t in metas:
+                set_log_append_time(buf, p, log_append_time_ms)
+
+        # ---- roll if needed, then one write
+        rolled = self._maybe_roll(n, first_base, last_offset, max_ts, now)
+        try:
+            self.active_segment.append(buf, metas)
+        except OSError as e:
+            if saved is not None:
+                pstate.restore(*saved)
+            raise KafkaStorageError(f"{self.path}: append failed: {e}") from e
+        pstate.map_end_offset = self.log_end_offset
+        return AppendInfo(
+            first_offset=first_base,
+            last_offset=last_offset,
+            log_append_time=-1 if log_append_time_ms is None else log_append_time_ms,
+            max_timestamp=max_ts,
+            num_batches=len(metas),
+            num_records=n_records,
+            valid_bytes=n,
+            log_start_offset=self.log_start_offset,
+            rolled=rolled,
+        )
+
+    def _maybe_roll(self, size: int, first_base: int, last_offset: int, max_ts: int, now: int) -> bool:
+        seg = self.active_segment
+        cfg = self.config
+        if seg.size == 0:
+            if first_base != seg.base_offset and (
+                last_offset - seg.base_offset > MAX_RELATIVE_OFFSET or first_base > seg.base_offset
+            ):
+                # empty segment but the data starts later (follower gap): re-base it
+                self._replace_empty_active(first_base, now)
+            return False
+        reason = None
+        if seg.size > cfg.segment_bytes - size:
+            reason = "size"
+        elif seg.index_full():
+            reason = "index"
+        elif last_offset - seg.base_offset > MAX_RELATIVE_OFFSET:
+            reason = "offset"
+        else:
+            rolling_ts = seg.first_batch_timestamp
+            waited = (max_ts - rolling_ts) if rolling_ts >= 0 else (now - seg.created_ms)
+            if waited > cfg.segment_ms - seg.rolling_jitter_ms:
+                reason = "time"
+        if reason is None:
+            return False
+        self.roll(now_ms=now, base_offset=max(first_base, self.log_end_offset))
+        return True
+
+    def _replace_empty_active(self, base: int, now: int) -> None:
+        old = self.segments.pop()
+        self._bases.pop()
+        old.delete_files()
+        self._add_segment(base, now)
+
+    def _add_segment(self, base: int, now: int) -> Segment:
+        seg = Segment.create(self.path, base, now_ms=now, **self._seg_kwargs())
+        if self.config.segment_jitter_ms > 0:
+            seg.rolling_jitter_ms = random.randrange(self.config.segment_jitter_ms)
+        self.segments.append(seg)
+        self._bases.append(base)
+        self._dir_dirty = True
+        return seg
+
+    def roll(self, *, now_ms: int | None = None, base_offset: int | None = None) -> Segment:
+        """Close the active segment and start a new one at the log end offset.
+
+        A no-op (returns the active segment) if the active segment is empty.
+        """
+        now = _now_ms() if now_ms is None else now_ms
+        active = self.active_segment
+        if active.size == 0:
+            return active
+        active.persist_indexes()
+        base = self.log_end_offset if base_offset is None else max(base_offset, self.log_end_offset)
+        seg = self._add_segment(base, now)
+        self.producer_state.map_end_offset = self.log_end_offset
+        self._take_producer_snapshot()
+        return seg
+
+    def _take_producer_snapshot(self) -> None:
+        self.producer_state.map_end_offset = self.log_end_offset
+        self.producer_state.save_snapshot(self.path, fsync=False)
+        snaps = ps.list_snapshots(self.path)
+        keep = set(snaps[-SNAPSHOTS_TO_KEEP:])
+        ps.delete_snapshots(self.path, keep=lambda off: off in keep)
+
+    # ================================================================== read
+
+    def read(
+        self,
+        offset: int,
+        max_bytes: int,
+        *,
+        max_offset: int | None = None,
+        min_one_batch: bool = True,
+    ) -> ReadResult:
+        """Whole batches starting with the one containing ``offset``.
+
+        At most ``max_bytes`` unless ``min_one_batch`` (KIP-74: the first
+        batch is returned even if larger).  Only batches whose last offset is
+        below ``max_offset`` (exclusive, e.g. the high watermark) are
+        returned.  The data comes from a single segment with one pread, so a
+        read may stop early at a segment boundary.  Raises
+        :class:`OffsetOutOfRange` outside [log_start_offset, log_end_offset].
+        """
+        lso, leo = self.log_start_offset, self.log_end_offset
+        if offset < lso or offset > leo:
+            raise OffsetOutOfRange(offset, lso, leo)
+        limit = leo if max_offset is None else min(max_offset, leo)
+        if offset >= limit:
+            return ReadResult(b"", lso, leo, -1, offset)
+        i = max(0, bisect_right(self._bases, offset) - 1)
+        segs = self.segments
+        for j in range(i, len(segs)):
+            seg = segs[j]
+            if seg.base_offset >= limit:
+                break
+            found = seg.find(offset)
+            if found is None:
+                continue
+            pos, h = found
+            data, nxt = seg.read(pos, h, max_bytes, limit, min_one_batch)
+            if not data:
+                return ReadResult(b"", lso, leo, -1, offset)
+            return ReadResult(data, lso, leo, h.base_offset, nxt)
+        return ReadResult(b"", lso, leo, -1, offset)
+
+    # ================================================================== timestamps
+
+    def offset_for_timestamp(self, timestamp: int) -> tuple[int, int] | None:
+        """(offset, timestamp) of the first record with timestamp >= ``timestamp``.
+
+        Exact per record (the one candidate batch is decoded).  Records below
+        the log start offset are skipped.  None if there is no such record.
+        """
+        from protocol.records import decode_batch
+
+        lso = self.log_start_offset
+        for seg in self.segments:
+            if seg.max_timestamp < timestamp or seg.next_offset <= lso:
+                continue
+            found = seg.find_by_timestamp(timestamp)
+            if found is None:
+                continue
+            pos = found[0]
+            for p, h in seg.iter_headers(pos, seg.size):
+                if h.max_timestamp < timestamp or h.last_offset < lso:
+                    continue
+                data = os.pread(seg.fd, h.batch_length + LOG_OVERHEAD, p)
+                try:
+                    _h, records = decode_batch(data, 0)
+                except ProtocolError as e:
+                    raise CorruptRecord(f"{seg.log_path}: batch at {p}: {e}") from None
+                for r in records:
+                    if r.timestamp >= timestamp and r.offset >= lso:
+                        return r.offset, r.timestamp
+        return None
+
+    def latest_timestamp(self) -> tuple[int, int] | None:
+        """(offset, timestamp) of the record with the largest timestamp (first such record)."""
+        best = -1
+        for seg in self.segments:
+            if seg.next_offset > self.log_start_offset and seg.max_timestamp > best:
+                best = seg.max_timestamp
+        if best < 0:
+            return None
+        return self.offset_for_timestamp(best)
+
+    # ================================================================== deletion
+
+    def delete_records_before(self, offset: int) -> int:
+        """DeleteRecords: raise the log start offset to ``offset``.
+
+        Whole segments below it are deleted (the active segment is kept).
+        Returns the new log start offset.  Raises OffsetOutOfRange if
+        ``offset`` > log end offset.
+        """
+        if offset > self.log_end_offset or offset < 0:
+            raise OffsetOutOfRange(offset, self.log_start_offset, self.log_end_offset)
+        if offset <= self.log_start_offset:
+            return self.log_start_offset
+        self.log_start_offset = offset
+        self._write_log_start_offset()
+        self._delete_prefix(lambda seg, nxt_base: nxt_base is not None and nxt_base <= offset)
+        self.producer_state.truncate_head(self.log_start_offset)
+        return self.log_start_offset
+
+    def apply_retention(
+        self, now_ms: int, *, high_watermark: int | None = None, defer_file_deletion: bool = False
+    ) -> int:
+        """Delete old segments by ``retention.ms`` / ``retention.bytes`` / log start.
+
+        Only when ``cleanup.policy`` contains ``delete`` for the time/size
+        rules; segments fully below the log start offset always go.  Only
+        segments entirely below ``high_watermark`` (default: log end) are
+        eligible.  An eligible non-empty active segment is rolled first, so
+        everything can be deleted while offsets keep counting up.  Returns the
+        number of segments deleted.
+        """
+        hw = self.log_end_offset if high_watermark is None else high_watermark
+        deleted = self._delete_prefix(
+            lambda seg, nxt_base: nxt_base is not None and nxt_base <= self.log_start_offset,
+            defer=defer_file_deletion,
+        )
+        cfg = self.config
+        if not cfg.delete:
+            return deleted
+        if cfg.retention_ms >= 0:
+            deleted += self._delete_prefix(
+                lambda seg, _nb: now_ms - seg.largest_timestamp() > cfg.retention_ms,
+                hw=hw, now=now_ms, defer=defer_file_deletion,
+            )
+        if cfg.retention_bytes >= 0:
+            excess = self.size_in_bytes - cfg.retention_bytes
+            if excess > 0:
+                state = {"excess": excess}
+
+                def by_size(seg: Segment, _nb) -> bool:
+                    if state["excess"] - seg.size >= 0:
+                        state["excess"] -= seg.size
+                        return True
+                    return False
+
+                deleted += self._delete_prefix(by_size, hw=hw, now=now_ms, defer=defer_file_deletion)
+        return deleted
+
+    def _delete_prefix(
+        self,
+        predicate: Callable[[Segment, int | None], bool],
+        *,
+        hw: int | None = None,
+        now: int | None = None,
+        defer: bool = False,
+    ) -> int:
+        """Delete the longest prefix of segments matching ``predicate``."""
+        victims: list[Segment] = []
+        segs = self.segments
+        for idx, seg in enumerate(segs):
+            nxt_base = segs[idx + 1].base_offset if idx + 1 < len(segs) else None
+            if hw is not None:
+                upper = nxt_base if nxt_base is not None else self.log_end_offset
+                if upper > hw:
+                    break
+            if nxt_base is None and seg.size == 0:
+                break  # an empty active segment is never deleted
+            if not predicate(seg, nxt_base):
+                break
+            victims.append(seg)
+        if not victims:
+            return 0
+        if victims[-1] is self.active_segment:
+            self.roll(now_ms=now)
+        for seg in victims:
+            self._remove_segment(seg, defer)
+        new_start = self.segments[0].base_offset
+        if new_start > self.log_start_offset:
+            self.log_start_offset = new_start
+            self._write_log_start_offset()
+        self.producer_state.truncate_head(self.log_start_offset)
+        self._drop_cleaner_entries()
+        return len(victims)
+
+    def _remove_segment(self, seg: Segment, defer: bool) -> None:
+        idx = self.segments.index(seg)
+        del self.segments[idx]
+        del self._bases[idx]
+        seg.close()
+        # rename first so a crash leaves only *.deleted files, removed on open
+        for p in (seg.log_path, seg.index_path, seg.timeindex_path):
+            try:
+                os.replace(p, p + DELETED_SUFFIX)
+            except FileNotFoundError:
+                continue
+            if defer:
+                self.pending_file_deletions.append(p + DELETED_SUFFIX)
+            else:
+                _unlink(p + DELETED_SUFFIX)
+        self._dir_dirty = True
+
+    def purge_deleted_files(self) -> int:
+        """Unlink files of segments removed with ``defer_file_deletion`` (thread-safe)."""
+        paths, self.pending_file_deletions = self.pending_file_deletions, []
+        for p in paths:
+            _unlink(p)
+        return len(paths)
+
+    # ================================================================== truncation
+
+    def truncate_to(self, offset: int, *, now_ms: int | None = None) -> None:
+        """Remove everything at or above ``offset`` (follower truncation).
+
+        The log is cut at a batch boundary, so the new log end offset can be
+        below ``offset`` if a batch straddled it.
+        """
+        if offset >= self.log_end_offset:
+            return
+        now = _now_ms() if now_ms is None else now_ms
+        self.generation += 1
+        if offset <= self.segments[0].base_offset:
+            self._truncate_fully(offset, now)
+            return
+        while len(self.segments) > 1 and self.segments[-1].base_offset >= offset:
+            self._remove_segment(self.segments[-1], False)
+        self.active_segment.truncate_to(offset)
+        leo = self.log_end_offset
+        if self.log_start_offset > leo:
+            self.log_start_offset = leo
+            self._write_log_start_offset()
+        self.recovery_point = min(self.recovery_point, leo)
+        self._write_recovery_point()
+        self._rebuild_producer_state_to(leo)
+
+    def truncate_fully_and_start_at(self, offset: int, *, now_ms: int | None = None) -> None:
+        """Delete all data; the log restarts empty at ``offset`` (also the new log start)."""
+        self.generation += 1
+        self._truncate_fully(offset, _now_ms() if now_ms is None else now_ms)
+
+    def _truncate_fully(self, offset: int, now: int) -> None:
+        for seg in list(self.segments):
+            self._remove_segment(seg, False)
+        self._add_segment(offset, now)
+        self.log_start_offset = offset
+        self._write_log_start_offset()
+        self.recovery_point = offset
+        self._write_recovery_point()
+        ps.delete_snapshots(self.path)
+        self.producer_state = ps.ProducerStateManager()
+        self.producer_state.map_end_offset = offset
+
+    def _rebuild_producer_state_to(self, leo: int) -> None:
+        ps.delete_snapshots(self.path, keep=lambda off: off <= leo)
+        mgr = ps.ProducerStateManager.load_snapshot(self.path, leo)
+        if mgr is None or mgr.map_end_offset < self.log_start_offset:
+            mgr = ps.ProducerStateManager()
+            mgr.map_end_offset = self.log_start_offset
+        self.producer_state = mgr
+        self._replay_producer_state(mgr.map_end_offset)
+        mgr.truncate_head(self.log_start_offset)
+        mgr.map_end_offset = leo
+
+    # ================================================================== flush
+
+    def needs_flush(self, now_ms: int) -> bool:
+        """True when ``flush.messages`` or ``flush.ms`` says the log should be fsynced."""
+        unflushed = self.log_end_offset - self.recovery_point
+        if unflushed <= 0:
+            return False
+        if unflushed >= self.config.flush_messages:
+            return True
+        return now_ms - self.last_flush_ms >= self.config.flush_ms
+
+    def prepare_flush(self) -> FlushJob:
+        """Persist index tails and capture what to fsync (caller's thread)."""
+        target = self.log_end_offset
+        fds: list[int] = []
+        paths: list[str] = []
+        for seg in self.segments:
+            if seg.next_offset <= self.recovery_point and seg is not self.active_segment:
+                continue
+            seg.persist_indexes()
+            fds.append(os.dup(seg.fd))
+            paths.extend((seg.index_path, seg.timeindex_path))
+        if self._dir_dirty:
+            paths.append(self.path)
+            self._dir_dirty = False
+        return FlushJob(target, fds, paths)
+
+    def complete_flush(self, job: FlushJob, now_ms: int | None = None) -> None:
+        """Record a finished flush: advance and persist the recovery point."""
+        if not job.done:
+            return
+        new_rp = min(job.target_offset, self.log_end_offset)
+        if new_rp > self.recovery_point:
+            self.recovery_point = new_rp
+        self._write_recovery_point()
+        self.last_flush_ms = _now_ms() if now_ms is None else now_ms
+
+    def flush(self, now_ms: int | None = None) -> None:
+        """fsync log and index files up to the log end; update the recovery point."""
+        job = self.prepare_flush()
+        try:
+            job.run()
+        except OSError as e:
+            raise KafkaStorageError(f"{self.path}: flush failed: {e}") from e
+        self.complete_flush(job, now_ms)
+
+    # ================================================================== close / delete
+
+    def close(self) -> None:
+        """Flush, persist indexes and a producer-state snapshot, release files."""
+        if self.closed:
+            return
+        self.flush()
+        for seg in self.segments:
+            seg.persist_indexes()
+        self.producer_state.map_end_offset = self.log_end_offset
+        self._take_producer_snapshot()
+        for seg in self.segments:
+            seg.close()
+        _fsync_dir(self.path)
+        self.closed = True
+
+    def close_without_flush(self) -> None:
+        """Release file descriptors only (simulates a crash in tests)."""
+        for seg in self.segments:
+            seg.close()
+        self.closed = True
+
+    def delete(self) -> None:
+        """Close file descriptors and remove the whole directory."""
+        for seg in self.segments:
+            seg.close()
+        self.closed = True
+        shutil.rmtree(self.path, ignore_errors=True)
+
+    # ================================================================== checkpoints
+
+    def _write_log_start_offset(self) -> None:
+        _write_int_file(os.path.join(self.path, LOG_START_OFFSET_FILE), self.log_start_offset)
+
+    def _write_recovery_point(self) -> None:
+        _write_int_file(os.path.join(self.path, RECOVERY_POINT_FILE), self.recovery_point)
+
+    def _write_cleaner_state(self) -> None:
+        _write_json_file(os.path.join(self.path, CLEANER_CHECKPOINT_FILE), self._cleaner_state)
+
+    def _drop_cleaner_entries(self) -> None:
+        pass  # cleaner state is keyed by offsets, not segments; nothing to drop
+
+    # ================================================================== compaction
+
+    def prepare_compaction(self, now_ms: int, *, upper_offset: int | None = None):
+        """Plan a compaction pass (caller's thread); None if nothing to do.
+
+        See :mod:`kbroker.log.cleaner` for the algorithm.  Run the returned
+        job's ``run()`` anywhere, then :meth:`finish_compaction`.
+        """
+        from .cleaner import plan_compaction
+
+        return plan_compaction(self, now_ms, upper_offset)
+
+    def finish_compaction(self, job) -> CompactionStats:
+        from .cleaner import commit_compaction
+
+        return commit_compaction(self, job)
+
+    def compact(self, now_ms: int, *, upper_offset: int | None = None) -> CompactionStats:
+        """One synchronous compaction pass over the closed segments."""
+        job = self.prepare_compaction(now_ms, upper_offset=upper_offset)
+        if job is None:
+            return CompactionStats()
+        try:
+            job.run()
+        except BaseException:
+            job.discard()
+            raise
+        return self.finish_compaction(job)
+
+    def compaction_needed(self, now_ms: int) -> bool:
+        """Cleanable dirty ratio >= ``min.cleanable.dirty.ratio``, or tombstones are due."""
+        from .cleaner import compaction_needed
+
+        return compaction_needed(self, now_ms)
+
+    def __repr__(self) -> str:
+        return (f"PartitionLog({self.path!r}, start={self.log_start_offset}, "
+                f"end={self.log_end_offset}, segments={len(self.segments)})")
+
+
+# ====================================================================== file helpers
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def _delete_segment_files(directory: str, base: int) -> None:
+    stem = os.path.join(directory, file_stem(base))
+    for suffix in (LOG_SUFFIX, INDEX_SUFFIX, TIMEINDEX_SUFFIX):
+        _unlink(stem + suffix)
+
+
+def _fsync_dir(path: str) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _write_file_atomic(path: str, data: bytes) -> None:
+    tmp = path + ".tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+def _write_int_file(path: str, value: int) -> None:
+    _write_file_atomic(path, f"{value}\n".encode())
+
+
+def _read_int_file(path: str) -> int | None:
+    try:
+        with open(path, "rb") as f:
+            return int(f.read().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _write_json_file(path: str, obj: dict) -> None:
+    _write_file_atomic(path, json.dumps(obj, sort_keys=True).encode())
+
+
+def _read_json_file(path: str) -> dict:
+    try:
+        with open(path, "rb") as f:
+            v = json.loads(f.read())
+        return v if isinstance(v, dict) else {}
+    except (OSError, ValueError):
+        return {}
