@@ -830,7 +830,7 @@ class PartitionLog:
 
     def complete_flush(self, job: FlushJob, now_ms: int | None = None) -> None:
         """Record a finished flush: advance and persist the recovery point."""
-        if not job.done:
+        if not job.done or self.closed:
             return
         new_rp = min(job.target_offset, self.log_end_offset)
         if new_rp > self.recovery_point:
