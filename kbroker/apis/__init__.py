@@ -1,0 +1,64 @@
+"""Request handlers, one module per API family, registered by API key.
+
+A handler is ``async def handle(broker, header, body) -> response body`` (or
+None for a request that gets no answer: an acks=0 Produce).  It declares the
+versions it serves with :func:`handles`; ApiVersions advertises exactly the
+registered keys, so an API is never advertised before it works.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Awaitable, Callable, NamedTuple
+
+from protocol import ApiKey, advertised_versions
+
+
+class CloseConnection(Exception):
+    """The request cannot be answered; the connection is closed (as Kafka does)."""
+
+
+class Handler(NamedTuple):
+    func: Callable[..., Awaitable]
+    versions: tuple[int, int]
+
+
+HANDLERS: dict[int, Handler] = {}
+
+
+def handles(api_key: ApiKey, versions: tuple[int, int] | None = None):
+    """Register a handler; ``versions`` defaults to the range Kafka 4.2 advertises."""
+
+    def register(func):
+        HANDLERS[int(api_key)] = Handler(func, versions or advertised_versions(api_key))
+        return func
+
+    return register
+
+
+def api_name(api_key: int) -> str:
+    try:
+        return ApiKey(api_key).name
+    except ValueError:
+        return f"api key {api_key}"
+
+
+async def dispatch(broker, header, body, connection=None):
+    handler = HANDLERS.get(header.api_key)
+    if handler is None or not handler.versions[0] <= header.api_version <= handler.versions[1]:
+        raise CloseConnection(f"{api_name(header.api_key)} v{header.api_version} is not served")
+    return await handler.func(broker, header, body)
+
+
+_MODULES = (
+    "api_versions",
+    "metadata",
+    "produce",
+    "fetch",
+    "list_offsets",
+    "topics",
+    "producer_ids",
+)
+
+for _m in _MODULES:
+    importlib.import_module(f"{__name__}.{_m}")

@@ -1,0 +1,25 @@
+"""ApiVersions: what this broker serves (KIP-511 client software names are accepted and ignored)."""
+
+from protocol import ApiKey, ErrorCode
+
+from . import HANDLERS, handles
+
+
+def api_keys() -> list[dict]:
+    return [
+        {"api_key": key, "min_version": h.versions[0], "max_version": h.versions[1]}
+        for key, h in sorted(HANDLERS.items())
+    ]
+
+
+@handles(ApiKey.API_VERSIONS)
+async def handle(broker, header, body):
+    return {
+        "error_code": ErrorCode.NONE,
+        "api_keys": api_keys(),
+        "throttle_time_ms": 0,
+        "supported_features": [],
+        "finalized_features_epoch": -1,
+        "finalized_features": [],
+        "zk_migration_ready": False,
+    }

@@ -1,0 +1,118 @@
+"""Fetch: slices of partition logs, with long polling woken by appends.
+
+Records leave as the bytes on disk (one ``pread`` per partition) and are sent
+by reference, never re-encoded.  Size limits follow KIP-74: ``max_bytes`` for
+the whole response and ``partition_max_bytes`` per partition, except that
+the first batch of the first partition with data is returned whole even when
+it is larger, so a consumer can always make progress.
+
+Incremental fetch sessions (KIP-227) are answered sessionlessly: a request
+that asks for a new session gets session id 0, which tells the client no
+session was created and it keeps sending full fetch requests.  That is a
+correct answer by the protocol, and what a broker with no session cache slots
+would do.
+"""
+
+import uuid
+
+import trio
+
+from protocol import ApiKey, ErrorCode
+
+from ..log.errors import OffsetOutOfRange
+from . import handles
+
+ZERO_UUID = uuid.UUID(int=0)
+
+
+def _collect(broker, body):
+    """One pass over the requested partitions: (responses, bytes, partitions, done_early)."""
+    budget = body.max_bytes if body.max_bytes > 0 else 0x7FFFFFFF
+    first_with_data = True
+    total = 0
+    has_error = False
+    responses = []
+    partitions = []
+    for topic in body.topics:
+        if topic.topic_id != ZERO_UUID:
+            t = broker.image.topics_by_id.get(topic.topic_id)
+            missing = ErrorCode.UNKNOWN_TOPIC_ID
+        else:
+            t = broker.image.topics.get(topic.topic)
+            missing = ErrorCode.UNKNOWN_TOPIC_OR_PARTITION
+        out_parts = []
+        for fp in topic.partitions:
+            entry = {
+                "partition_index": fp.partition,
+                "error_code": 0,
+                "high_watermark": -1,
+                "last_stable_offset": -1,
+                "log_start_offset": -1,
+                "aborted_transactions": None,
+                "preferred_read_replica": -1,
+                "records": b"",
+            }
+            out_parts.append(entry)
+            part = broker.partition(t.name, fp.partition) if t is not None else None
+            if t is None or fp.partition not in t.partitions:
+                entry["error_code"] = missing if t is None else ErrorCode.UNKNOWN_TOPIC_OR_PARTITION
+                has_error = True
+                continue
+            if part is None or t.partitions[fp.partition].leader != broker.node_id:
+                entry["error_code"] = ErrorCode.NOT_LEADER_OR_FOLLOWER
+                has_error = True
+                continue
+            if fp.current_leader_epoch >= 0 and fp.current_leader_epoch != part.leader_epoch:
+                entry["error_code"] = (
+                    ErrorCode.FENCED_LEADER_EPOCH if fp.current_leader_epoch < part.leader_epoch else ErrorCode.UNKNOWN_LEADER_EPOCH
+                )
+                has_error = True
+                continue
+            partitions.append(part)
+            hw = part.high_watermark
+            entry["high_watermark"] = hw
+            entry["last_stable_offset"] = hw
+            entry["log_start_offset"] = part.log_start_offset
+            limit = min(fp.partition_max_bytes, budget)
+            if fp.fetch_offset == hw and part.log_start_offset <= hw:
+                continue  # caught up: nothing to read, nothing wrong
+            try:
+                res = part.log.read(fp.fetch_offset, max(limit, 0), min_one_batch=first_with_data, max_offset=hw)
+            except OffsetOutOfRange:
+                entry["error_code"] = ErrorCode.OFFSET_OUT_OF_RANGE
+                has_error = True
+                continue
+            data = res.records
+            n = len(data)
+            if n:
+                entry["records"] = data
+                first_with_data = False
+                budget -= n
+                total += n
+        responses.append({"topic": topic.topic, "topic_id": topic.topic_id, "partitions": out_parts})
+    return responses, total, partitions, has_error
+
+
+@handles(ApiKey.FETCH)
+async def handle(broker, header, body):
+    if body.replica_id >= 0 or (body.replica_state and body.replica_state.replica_id >= 0):
+        # Follower fetches arrive with replication; until then no broker follows us.
+        return {"throttle_time_ms": 0, "error_code": ErrorCode.NOT_LEADER_OR_FOLLOWER, "session_id": 0, "responses": []}
+    if body.session_id != 0:
+        return {"throttle_time_ms": 0, "error_code": ErrorCode.FETCH_SESSION_ID_NOT_FOUND, "session_id": 0, "responses": []}
+    deadline = trio.current_time() + max(body.max_wait_ms, 0) / 1000
+    min_bytes = max(body.min_bytes, 1)
+    while True:
+        responses, total, partitions, has_error = _collect(broker, body)
+        if total >= min_bytes or has_error or not partitions or trio.current_time() >= deadline:
+            break
+        woken = trio.Event()
+        for p in partitions:
+            p.add_waiter(woken)
+        try:
+            with trio.move_on_at(deadline):
+                await woken.wait()
+        finally:
+            for p in partitions:
+                p.remove_waiter(woken)
+    return {"throttle_time_ms": 0, "error_code": 0, "session_id": 0, "responses": responses}

@@ -1,0 +1,98 @@
+"""A partition this broker hosts: its log, its leadership state, and who waits on it.
+
+The log stores bytes; this adds what the broker needs around it: the leader
+epoch stamped on appended batches, the high watermark (with one replica it is
+the log end offset; replication will move it by the ISR's progress), the
+idempotent-producer checks, and the wake-up of long-polling fetches when data
+arrives (an event per waiting fetch, never a sleep loop).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import trio
+
+from protocol import ErrorCode, ProtocolError
+from protocol.records import iter_batches
+
+from .log.errors import InvalidProducerEpoch, OutOfOrderSequence
+
+
+class AppendResult(NamedTuple):
+    error: ErrorCode
+    base_offset: int = -1
+    log_append_time: int = -1
+    log_start_offset: int = -1
+    message: str | None = None
+
+
+class Partition:
+    def __init__(self, topic: str, index: int, log, *, leader_epoch: int = 0):
+        self.topic = topic
+        self.index = index
+        self.log = log
+        self.leader_epoch = leader_epoch
+        self._waiters: set[trio.Event] = set()
+
+    @property
+    def high_watermark(self) -> int:
+        return self.log.log_end_offset
+
+    @property
+    def log_start_offset(self) -> int:
+        return self.log.log_start_offset
+
+    @property
+    def log_end_offset(self) -> int:
+        return self.log.log_end_offset
+
+    # -- waiting for data --------------------------------------------------------
+    def add_waiter(self, event: trio.Event) -> None:
+        self._waiters.add(event)
+
+    def remove_waiter(self, event: trio.Event) -> None:
+        self._waiters.discard(event)
+
+    def _wake(self) -> None:
+        for ev in self._waiters:
+            ev.set()
+        self._waiters.clear()
+
+    # -- appending -----------------------------------------------------------------
+    def append_records(self, records, *, max_message_bytes: int, log_append_time_ms: int | None) -> AppendResult:
+        """Validate and append a Produce request's record batches (one partition).
+
+        ``records`` is a writable view into the request frame; base offsets
+        and leader epochs are patched in it before it is written as-is.
+        """
+        if records is None or len(records) == 0:
+            return AppendResult(ErrorCode.INVALID_RECORD, message="empty record set")
+        try:
+            batches = list(iter_batches(records))
+        except ProtocolError as e:
+            return AppendResult(ErrorCode.CORRUPT_MESSAGE, message=str(e))
+        for _pos, h in batches:
+            if h.total_size > max_message_bytes:
+                return AppendResult(
+                    ErrorCode.MESSAGE_TOO_LARGE,
+                    message=f"The record batch size {h.total_size} exceeds max.message.bytes {max_message_bytes}",
+                )
+            if h.is_control:
+                return AppendResult(ErrorCode.INVALID_RECORD, message="clients may not produce control batches")
+            if h.is_transactional:
+                return AppendResult(
+                    ErrorCode.TRANSACTIONAL_ID_AUTHORIZATION_FAILED,
+                    message="transactions are not supported yet",
+                )
+        try:
+            info = self.log.append(
+                records, assign_offsets=True, log_append_time_ms=log_append_time_ms, leader_epoch=self.leader_epoch
+            )
+        except OutOfOrderSequence as e:
+            return AppendResult(ErrorCode.OUT_OF_ORDER_SEQUENCE_NUMBER, message=str(e))
+        except InvalidProducerEpoch as e:
+            return AppendResult(ErrorCode.INVALID_PRODUCER_EPOCH, message=str(e))
+        if not info.duplicate:
+            self._wake()
+        return AppendResult(ErrorCode.NONE, info.first_offset, info.log_append_time, info.log_start_offset)

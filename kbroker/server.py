@@ -1,0 +1,245 @@
+"""The network side: listeners, connections, and the request pipeline.
+
+Each connection runs three steps concurrently in its own nursery:
+
+* the *reader* receives bytes, splits frames (refusing a size prefix above
+  ``socket.request.max.bytes`` before allocating anything) and decodes them
+  while earlier requests are still being handled;
+* the *processor* handles requests one at a time, in order — Kafka does the
+  same, and it is what keeps a producer's pipelined batches in order;
+* the *writer* sends responses strictly in request order.
+
+A frame that cannot be decoded ends the connection (Kafka closes it too); a
+request the codec reads but the handler finds invalid gets a Kafka error
+code.  An unexpected exception in a handler is logged and closes only that
+connection: the broker keeps serving everyone else.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import signal
+import socket
+
+import trio
+
+from protocol import (
+    FrameReader,
+    FrameTooLarge,
+    ProtocolError,
+    UnsupportedVersion,
+    api_versions_fallback_body,
+    decode_request,
+    encode_response,
+)
+from protocol.codec import API_VERSIONS
+
+from . import apis
+from .broker import Broker
+from .config import Config
+
+log = logging.getLogger("kbroker.server")
+
+READ_SIZE = 1 << 20
+MAX_QUEUED = 64  # requests read ahead per connection before we stop reading
+
+
+class Connection:
+    def __init__(self, broker: Broker, stream: trio.SocketStream, conn_id: int):
+        self.broker = broker
+        self.stream = stream
+        self.id = conn_id
+        try:
+            self.peer = stream.socket.getpeername()
+        except OSError:
+            self.peer = ("?", 0)
+        self.frames = FrameReader(broker.config["socket.request.max.bytes"])
+        self.idle_ms = broker.config["connections.max.idle.ms"]
+
+    async def run(self) -> None:
+        requests_send, requests_recv = trio.open_memory_channel(MAX_QUEUED)
+        responses_send, responses_recv = trio.open_memory_channel(MAX_QUEUED)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._write, responses_recv, nursery.cancel_scope)
+                nursery.start_soon(self._process, requests_recv, responses_send)
+                await self._read(requests_send)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        finally:
+            with trio.CancelScope(shield=True):
+                await self.stream.aclose()
+
+    async def _read(self, requests_send) -> None:
+        async with requests_send:
+            while True:
+                deadline = trio.current_time() + self.idle_ms / 1000 if self.idle_ms >= 0 else float("inf")
+                with trio.move_on_at(deadline) as idle:
+                    data = await self.stream.receive_some(READ_SIZE)
+                if idle.cancelled_caught:
+                    log.info("closing idle connection from %s:%s", *self.peer[:2])
+                    return
+                if not data:
+                    return
+                self.frames.feed(data)
+                while True:
+                    try:
+                        frame = self.frames.next_frame()
+                    except FrameTooLarge as e:
+                        log.warning("closing connection from %s:%s: %s", *self.peer[:2], e)
+                        return
+                    if frame is None:
+                        break
+                    item = self._decode(frame)
+                    if item is None:
+                        return
+                    await requests_send.send(item)
+
+    def _decode(self, frame):
+        try:
+            return decode_request(frame)
+        except UnsupportedVersion as e:
+            if e.header.api_key == API_VERSIONS:
+                # Answer in the v0 layout so the client learns our range (KIP-511).
+                return e.header, _FALLBACK
+            log.warning(
+                "closing connection from %s:%s: %s (client %r)", *self.peer[:2], e, e.header.client_id
+            )
+            return None
+        except ProtocolError as e:
+            log.warning("closing connection from %s:%s: malformed request: %s", *self.peer[:2], e)
+            return None
+
+    async def _process(self, requests_recv, responses_send) -> None:
+        # Closing the response channel when processing ends lets the writer
+        # drain what is queued and stop.
+        async with responses_send, requests_recv:
+            async for header, body in requests_recv:
+                if body is _FALLBACK:
+                    response = api_versions_fallback_body()
+                else:
+                    try:
+                        response = await apis.dispatch(self.broker, header, body, self)
+                    except apis.CloseConnection as e:
+                        log.warning("closing connection from %s:%s: %s", *self.peer[:2], e)
+                        return
+                    except Exception:
+                        log.exception(
+                            "error handling %s v%d from %s:%s; closing the connection",
+                            apis.api_name(header.api_key),
+                            header.api_version,
+                            *self.peer[:2],
+                        )
+                        return
+                if response is None:  # acks=0 produce: no answer at all
+                    continue
+                try:
+                    chunks = encode_response(header, response, chunks=True)
+                except ProtocolError:
+                    log.exception("cannot encode the response to %s v%d", header.api_key, header.api_version)
+                    return
+                await responses_send.send(chunks)
+
+    async def _write(self, responses_recv, cancel_scope) -> None:
+        async with responses_recv:
+            async for chunks in responses_recv:
+                for chunk in chunks:
+                    await self.stream.send_all(chunk)
+        # The processor is done (clean end, or an error closed the connection).
+        cancel_scope.cancel()
+
+
+_FALLBACK = object()
+
+
+class Server:
+    """Owns the listeners and the connections; the broker owns everything else."""
+
+    def __init__(self, broker: Broker):
+        self.broker = broker
+        self.config = broker.config
+        self._next_conn = 0
+        self._connections = 0
+        self.listening: list[tuple[str, int]] = []
+
+    async def serve(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        listeners = []
+        for lst in self.config.listeners:
+            host = lst.host or None
+            try:
+                ls = await trio.open_tcp_listeners(lst.port, host=host)
+            except OSError as e:
+                raise SystemExit(f"kbroker: cannot listen on {lst.host}:{lst.port}: {e.strerror}") from None
+            for l in ls:
+                l.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            listeners.extend(ls)
+            port = ls[0].socket.getsockname()[1]
+            self.listening.append((lst.host, port))
+            log.info("kbroker %s listening on %s:%s (%s)", self.broker.node_id, lst.host, port, lst.name)
+        task_status.started(self.listening)
+        async with trio.open_nursery() as nursery:
+            for l in listeners:
+                nursery.start_soon(self._accept_loop, l, nursery)
+
+    async def _accept_loop(self, listener: trio.SocketListener, nursery) -> None:
+        max_conn = self.config["max.connections"]
+        while True:
+            try:
+                stream = await listener.accept()
+            except OSError as e:
+                if e.errno in (errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS):
+                    log.error("accept failed (%s); pausing 100 ms", e)
+                    await trio.sleep(0.1)
+                    continue
+                raise
+            if self._connections >= max_conn:
+                log.warning("max.connections (%d) reached; refusing a connection", max_conn)
+                await stream.aclose()
+                continue
+            self._next_conn += 1
+            nursery.start_soon(self._run_connection, stream, self._next_conn)
+
+    async def _run_connection(self, stream, conn_id) -> None:
+        self._connections += 1
+        try:
+            stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass
+        try:
+            await Connection(self.broker, stream, conn_id).run()
+        except OSError as e:
+            log.debug("connection %d ended: %s", conn_id, e)
+        finally:
+            self._connections -= 1
+
+
+async def serve(config: Config, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+    """Run a broker until cancelled; a clean shutdown when the scope is cancelled."""
+    broker = Broker(config)
+    async with trio.open_nursery() as nursery:
+        await broker.start(nursery)
+        server = Server(broker)
+        try:
+            listening = await nursery.start(server.serve)
+            task_status.started((broker, listening))
+            await trio.sleep_forever()
+        finally:
+            with trio.CancelScope(shield=True):
+                await broker.close()
+            nursery.cancel_scope.cancel()
+
+
+async def _main(config: Config) -> None:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(serve, config)
+            async for signum in signals:
+                log.info("received %s; shutting down", signal.Signals(signum).name)
+                nursery.cancel_scope.cancel()
+                break
+
+
+def run(config: Config) -> None:
+    """Run a broker in this process until SIGINT or SIGTERM."""
+    trio.run(_main, config)
