@@ -41,6 +41,9 @@ def _broker_log_properties(config: Config) -> dict[str, str]:
 
 class Broker:
     def __init__(self, config: Config):
+        # ``static_config``: properties file and --override.  ``config`` is the
+        # effective one: dynamic broker configs from the image layered on top.
+        self.static_config = config
         self.config = config
         self.node_id: int = config["node.id"]
         self.log_dirs: list[str] = [os.path.abspath(d) for d in config["log.dirs"]]
@@ -79,6 +82,7 @@ class Broker:
         for offset, name, record in self.metadata.replay():
             self.image.apply(name, record, offset)
         self.image.cluster_id = self.cluster_id
+        self._apply_dynamic_config()
         await self._register()
         self._sync_partitions()
         nursery.start_soon(self.logs.run_retention, self.config["log.retention.check.interval.ms"])
@@ -122,7 +126,37 @@ class Broker:
             # Apply what was written (decoded back), so replay and live paths agree.
             rname, _v, rec = decode_metadata_record(encode_metadata_record(name, body))
             self.image.apply(rname, rec, offset)
+        if any(name == "ConfigRecord" and body["resource_type"] == BROKER_RESOURCE for name, body in records):
+            self._apply_dynamic_config()
         self._sync_partitions()
+
+    def _apply_dynamic_config(self) -> None:
+        """Layer the dynamic broker configs of the image over the static config.
+
+        Cluster-wide defaults (ConfigRecords for BROKER resource "") and this
+        node's own (resource "<node.id>"), as DescribeConfigs reports them.
+        Log settings among them (``log.retention.ms``...) become the defaults
+        of topics without an override; ``_sync_partitions`` then hands the
+        new LogConfigs to the partition logs.
+        """
+        from .config import ConfigError
+
+        try:
+            cfg = self.static_config.updated(self.image.broker_configs(""), per_broker=False).updated(
+                self.image.broker_configs(self.node_id), per_broker=True
+            )
+            props = _broker_log_properties(cfg)
+            default_log_config = LogConfig.from_broker_properties(props)
+        except (ConfigError, ValueError) as e:
+            log.error("dynamic broker configs not applied: %s", e)
+            return
+        if cfg == self.config:
+            return
+        self.config = cfg
+        self.broker_log_props = props
+        self.default_log_config = default_log_config
+        if self.logs is not None:
+            self.logs.default_config = default_log_config
 
     def _sync_partitions(self) -> None:
         """Open logs for partitions placed here; drop those whose topic is gone."""
