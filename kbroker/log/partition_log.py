@@ -22,20 +22,14 @@ import json
 import os
 import random
 import shutil
+import struct
 import time
 from bisect import bisect_right
 from dataclasses import dataclass, field
 from typing import Callable
 
 from protocol.errors import ProtocolError
-from protocol.records import (
-    BATCH_HEADER_SIZE,
-    LOG_OVERHEAD,
-    read_batch_header,
-    set_base_offset,
-    set_log_append_time,
-    set_partition_leader_epoch,
-)
+from protocol.records import BATCH_HEADER_SIZE, LOG_OVERHEAD, BatchHeader, set_log_append_time
 
 from . import producer_state as ps
 from .config import LogConfig
@@ -63,6 +57,10 @@ CLEANED_SUFFIX = ".cleaned"
 SWAP_SUFFIX = ".swap"
 DELETED_SUFFIX = ".deleted"
 SNAPSHOTS_TO_KEEP = 2
+_HEADER = struct.Struct(">qiibIhiqqqhii")  # the 61-byte v2 batch header
+_INT64 = struct.Struct(">q")
+_INT32 = struct.Struct(">i")
+_MIN_BATCH_LENGTH = BATCH_HEADER_SIZE - LOG_OVERHEAD
 
 
 def _now_ms() -> int:
@@ -379,84 +377,77 @@ class PartitionLog:
             buf = bytearray(buf)
         check = assign_offsets if check_producer_state is None else check_producer_state
 
-        # ---- pass 1: parse headers, compute offsets
+        # ---- pass 1: parse headers, compute offsets (per batch, never per record)
         metas: list[tuple[int, int, int, int]] = []  # (pos, base, next, max_ts)
-        headers = []
+        pid_batches: list[tuple[int, BatchHeader]] = []  # (index in metas, header) with producer id
+        unpack = _HEADER.unpack_from
         pos = 0
         next_off = self.log_end_offset
-        first_base = None
+        first_base = next_off if assign_offsets else None
         max_ts = -1
-        max_ts_offset = -1
         n_records = 0
         while pos < n:
-            try:
-                h = read_batch_header(buf, pos)
-            except ProtocolError as e:
-                raise CorruptRecord(str(e)) from None
-            size = h.batch_length + LOG_OVERHEAD
-            if h.batch_length < BATCH_HEADER_SIZE - LOG_OVERHEAD or pos + size > n or h.magic != 2 \
-                    or h.last_offset_delta < 0:
+            if pos + BATCH_HEADER_SIZE > n:
+                raise CorruptRecord(f"truncated record batch header at byte {pos}")
+            t = unpack(buf, pos)
+            blen = t[1]
+            lod = t[6]
+            size = blen + LOG_OVERHEAD
+            if blen < _MIN_BATCH_LENGTH or pos + size > n or t[3] != 2 or lod < 0:
                 raise CorruptRecord(f"malformed record batch at byte {pos}")
             if assign_offsets:
                 base = next_off
             else:
-                base = h.base_offset
+                base = t[0]
                 if base < next_off:
                     raise InvalidOffset(
                         f"batch base offset {base} is below the expected next offset {next_off}"
                     )
-            nxt = base + h.last_offset_delta + 1
-            bts = h.max_timestamp if log_append_time_ms is None else log_append_time_ms
+                if first_base is None:
+                    first_base = base
+            nxt = base + lod + 1
+            bts = t[8] if log_append_time_ms is None else log_append_time_ms
             if bts > max_ts:
-                max_ts, max_ts_offset = bts, base
+                max_ts = bts
+            if t[9] >= 0:
+                pid_batches.append((len(metas), BatchHeader._make(t)))
             metas.append((pos, base, nxt, bts))
-            headers.append(h)
-            if first_base is None:
-                first_base = base
-            n_records += h.last_offset_delta + 1
+            n_records += lod + 1
             next_off = nxt
             pos += size
         last_offset = next_off - 1
 
-        # ---- producer state (leader appends)
+        # ---- producer state
         pstate = self.producer_state
         saved = None
-        if check:
-            pids = {h.producer_id for h in headers if h.producer_id >= 0}
-            if pids:
-                saved = pstate.snapshot_entries(pids), pstate.map_end_offset
-                for (p, base, nxt, bts), h in zip(metas, headers):
-                    if h.producer_id < 0:
-                        continue
-                    if h.is_control:
-                        pstate.record_header(h._replace(base_offset=base))
-                        continue
-                    res = pstate.check(h.producer_id, h.producer_epoch, h.base_sequence, h.last_sequence)
-                    if res.verdict is ps.Verdict.OK:
-                        pstate.record(h.producer_id, h.producer_epoch, h.base_sequence, h.last_sequence,
-                                      base, nxt - 1, bts, is_transactional=h.is_transactional)
-                        continue
-                    pstate.restore(*saved)
-                    if res.verdict is ps.Verdict.DUPLICATE:
-                        d = res.duplicate
-                        return AppendInfo(d.first_offset, d.last_offset, -1, d.timestamp, 0, 0, 0,
-                                          self.log_start_offset, duplicate=True)
-                    if res.verdict is ps.Verdict.INVALID_PRODUCER_EPOCH:
-                        raise InvalidProducerEpoch(res.message)
-                    raise OutOfOrderSequence(res.message)
-        else:
-            pids = {h.producer_id for h in headers if h.producer_id >= 0}
-            if pids:
-                saved = pstate.snapshot_entries(pids), pstate.map_end_offset
-                for (p, base, nxt, bts), h in zip(metas, headers):
-                    if h.producer_id >= 0:
-                        pstate.record_header(h._replace(base_offset=base, max_timestamp=bts))
+        if pid_batches:
+            saved = pstate.snapshot_entries({h.producer_id for _i, h in pid_batches}), pstate.map_end_offset
+            for i, h in pid_batches:
+                _p, base, nxt, bts = metas[i]
+                if not check or h.is_control:
+                    pstate.record_header(h._replace(base_offset=base, max_timestamp=bts))
+                    continue
+                res = pstate.check(h.producer_id, h.producer_epoch, h.base_sequence, h.last_sequence)
+                if res.verdict is ps.Verdict.OK:
+                    pstate.record(h.producer_id, h.producer_epoch, h.base_sequence, h.last_sequence,
+                                  base, nxt - 1, bts, is_transactional=h.is_transactional)
+                    continue
+                pstate.restore(*saved)
+                if res.verdict is ps.Verdict.DUPLICATE:
+                    d = res.duplicate
+                    return AppendInfo(d.first_offset, d.last_offset, -1, d.timestamp, 0, 0, 0,
+                                      self.log_start_offset, duplicate=True)
+                if res.verdict is ps.Verdict.INVALID_PRODUCER_EPOCH:
+                    raise InvalidProducerEpoch(res.message)
+                raise OutOfOrderSequence(res.message)
 
-        # ---- pass 2: patch in place
+        # ---- pass 2: patch in place (outside the CRC, except LogAppendTime)
         if assign_offsets:
+            pack_base = _INT64.pack_into
+            pack_epoch = _INT32.pack_into
             for p, base, _nxt, _ts in metas:
-                set_base_offset(buf, p, base)
-                set_partition_leader_epoch(buf, p, leader_epoch)
+                pack_base(buf, p, base)
+                pack_epoch(buf, p + 12, leader_epoch)
         if log_append_time_ms is not None:
             for p, _b, _n, _t in metas:
                 set_log_append_time(buf, p, log_append_time_ms)

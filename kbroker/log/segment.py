@@ -417,12 +417,20 @@ class Segment:
         """
         start = self.size
         _pwrite_all(self.fd, data, start, self.size)
-        for pos, base, nxt, max_ts in batches:
-            self._index_batch(start + pos, base)
-            if max_ts > self.max_timestamp:
+        interval = self.index_interval
+        last_indexed = self.idx_pos[-1] if self.idx_pos else 0
+        max_ts = self.max_timestamp
+        if start == 0:
+            self.first_batch_timestamp = batches[0][3]
+        for pos, base, _nxt, bts in batches:
+            at = start + pos
+            if at - last_indexed >= interval and (at > 0 or not self.idx_pos):
                 self.max_timestamp = max_ts
-            if self.first_batch_timestamp < 0 and start + pos == 0:
-                self.first_batch_timestamp = max_ts
+                self._index_batch(at, base)
+                last_indexed = at
+            if bts > max_ts:
+                max_ts = bts
+        self.max_timestamp = max_ts
         self.size = start + len(data)
         self.next_offset = batches[-1][2]
 
