@@ -128,6 +128,7 @@ class LogManager:
         existing = self.logs.get((topic, partition))
         if existing is not None:
             if config is not None:
+                self._topic_configs[topic] = config
                 existing.update_config(config)
             return existing
         if config is not None:

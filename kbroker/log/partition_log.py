@@ -262,9 +262,12 @@ class PartitionLog:
             # clean shutdown path that did not record it; trust it.
             self.recovery_point = self.log_end_offset
         if recover:
+            # what recovery kept is made durable before the recovery point says so
             for seg in self.segments:
                 if seg.base_offset >= first_unflushed:
                     seg.persist_indexes()
+                    seg.fsync()
+            _fsync_dir(d)
             self._write_recovery_point()
         self._load_producer_state()
 
@@ -477,9 +480,7 @@ class PartitionLog:
         seg = self.active_segment
         cfg = self.config
         if seg.size == 0:
-            if first_base != seg.base_offset and (
-                last_offset - seg.base_offset > MAX_RELATIVE_OFFSET or first_base > seg.base_offset
-            ):
+            if last_offset - seg.base_offset > MAX_RELATIVE_OFFSET:
                 # empty segment but the data starts later (follower gap): re-base it
                 self._replace_empty_active(first_base, now)
             return False
@@ -569,14 +570,13 @@ class PartitionLog:
             seg = segs[j]
             if seg.base_offset >= limit:
                 break
-            found = seg.find(offset)
-            if found is None:
+            pos = seg.find_position(offset)
+            if pos is None:
                 continue
-            pos, h = found
-            data, nxt = seg.read(pos, h, max_bytes, limit, min_one_batch)
+            data, first, nxt = seg.read(pos, max_bytes, limit, min_one_batch)
             if not data:
                 return ReadResult(b"", lso, leo, -1, offset)
-            return ReadResult(data, lso, leo, h.base_offset, nxt)
+            return ReadResult(data, lso, leo, first, nxt)
         return ReadResult(b"", lso, leo, -1, offset)
 
     # ================================================================== timestamps

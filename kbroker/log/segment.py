@@ -110,6 +110,7 @@ class Segment:
         self._idx_saved = 0  # entries already on disk
         self._ts_saved = 0
         self._idx_dirty_tail = False  # file may hold entries past the in-memory ones
+        self._read_cache: tuple[int, int] | None = None  # (offset, position) of the next batch
         self._ts_dirty_tail = False
 
     # ------------------------------------------------------------------ open
@@ -470,32 +471,51 @@ class Segment:
                 return pos, h
         return None
 
+    def find_position(self, offset: int) -> int | None:
+        """Like :meth:`find` but only the position; sequential reads hit a cache."""
+        c = self._read_cache
+        if c is not None and c[0] == offset and c[1] < self.size:
+            return c[1]
+        found = self.find(offset)
+        return found[0] if found is not None else None
+
     def read(
-        self, pos: int, first: BatchHeader, max_bytes: int, limit_offset: int, min_one_batch: bool
-    ) -> tuple[bytes | memoryview, int]:
-        """Whole batches from ``pos`` (whose header is ``first``).
+        self, pos: int, max_bytes: int, limit_offset: int, min_one_batch: bool
+    ) -> tuple[bytes | memoryview, int, int]:
+        """Whole batches starting at batch position ``pos``, normally with one pread.
 
         Stops before a batch whose last offset is >= ``limit_offset`` and
         within ``max_bytes`` (except that with ``min_one_batch`` the first
-        batch is returned whatever its size).  Returns (data, next offset).
+        batch is returned whatever its size).  Returns (data, base offset of
+        the first batch or -1, next offset after the data).
         """
-        if first.last_offset >= limit_offset:
-            return b"", first.base_offset
-        first_size = first.batch_length + LOG_OVERHEAD
+        avail = self.size - pos
+        if avail < BATCH_HEADER_SIZE:
+            raise CorruptRecord(f"{self.log_path}: no batch at position {pos}")
+        data = os.pread(self.fd, min(max(max_bytes, BATCH_HEADER_SIZE), avail), pos)
+        n = len(data)
+        if n < BATCH_HEADER_SIZE:
+            raise CorruptRecord(f"{self.log_path}: short read at {pos}")
+        first_base, length = _BASE_AND_LENGTH.unpack_from(data, 0)
+        first_size = length + LOG_OVERHEAD
+        first_next = first_base + _INT32.unpack_from(data, _LAST_OFFSET_DELTA_AT)[0] + 1
+        if first_next > limit_offset:
+            return b"", -1, first_base
         if first_size > max_bytes:
             if not min_one_batch:
-                return b"", first.base_offset
-            data = os.pread(self.fd, first_size, pos)
-            if len(data) != first_size:
-                raise CorruptRecord(f"{self.log_path}: short read at {pos}")
-            return data, first.next_offset
-        want = min(max_bytes, self.size - pos)
-        data = os.pread(self.fd, want, pos)
-        n = len(data)
+                return b"", -1, first_base
+            if first_size > n:
+                data = os.pread(self.fd, first_size, pos)
+                if len(data) != first_size:
+                    raise CorruptRecord(f"{self.log_path}: short read at {pos}")
+                self._read_cache = (first_next, pos + first_size)
+                return data, first_base, first_next
+            self._read_cache = (first_next, pos + first_size)
+            return memoryview(data)[:first_size], first_base, first_next
         if n < first_size:
             raise CorruptRecord(f"{self.log_path}: short read at {pos}")
         p = first_size
-        next_offset = first.next_offset
+        next_offset = first_next
         unpack_bl = _BASE_AND_LENGTH.unpack_from
         unpack_i = _INT32.unpack_from
         while p + BATCH_HEADER_SIZE <= n:
@@ -508,9 +528,10 @@ class Segment:
                 break
             next_offset = last + 1
             p = end
+        self._read_cache = (next_offset, pos + p)
         if p < n:
-            return memoryview(data)[:p], next_offset
-        return data, next_offset
+            return memoryview(data)[:p], first_base, next_offset
+        return data, first_base, next_offset
 
     def read_all(self) -> bytes:
         return os.pread(self.fd, self.size, 0) if self.size else b""
@@ -524,6 +545,7 @@ class Segment:
             return 0
         pos = found[0]
         removed = self.size - pos
+        self._read_cache = None
         os.ftruncate(self.fd, pos)
         self.size = pos
         self._trim_indexes_to_size()

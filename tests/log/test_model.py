@@ -74,6 +74,22 @@ class LogModel(RuleBasedStateMachine):
             cuts.add(acc)
         assert len(got) in cuts
 
+    @rule(max_bytes=st.integers(1, 700))
+    def read_sequential(self, max_bytes):
+        """Consumer-style reads from the previous read's next offset (position cache)."""
+        off = getattr(self, "cursor", self.start)
+        if off < self.start or off > self.end:
+            off = self.start
+        r = self.log.read(off, max_bytes)
+        got = bytes(r.records)
+        idx = next((i for i, b in enumerate(self.batches) if b[1] >= off), None)
+        if idx is None:
+            assert got == b"" and r.next_offset == off
+        else:
+            assert got and b"".join(b[2] for b in self.batches[idx:]).startswith(got)
+            assert r.first_offset == self.batches[idx][0]
+        self.cursor = r.next_offset
+
     @rule(clean=st.booleans())
     def reopen(self, clean):
         if clean:
