@@ -299,11 +299,16 @@ def commit_compaction(log, job: CompactionJob):
     # 2. retire the old segments, 3. swap -> .log
     for group, out in swaps:
         idx = log.segments.index(group[0].seg)
+        # like Kafka, the cleaned segment keeps the newest modification time of
+        # what it replaces, so time retention of (empty) cleaned segments is unchanged
+        mtime = max((_mtime(ref.path) for ref in group), default=None)
         for ref in group:
             log._remove_segment(ref.seg, False)
         final = os.path.join(d, file_stem(out.base_offset) + ".log")
         os.replace(out.log_path, final)
         out.log_path = final
+        if mtime is not None:
+            os.utime(final, (mtime, mtime))
         out._idx_dirty_tail = out._ts_dirty_tail = True
         out.persist_indexes()
         out._load_first_batch_timestamp()
@@ -458,6 +463,13 @@ def encode_compacted_batch(h, records, delete_horizon: int | None) -> tuple[byte
     out[BATCH_HEADER_SIZE:] = payload
     struct.pack_into(">I", out, _CRC_AT, crc32c(memoryview(out)[_ATTRIBUTES_AT:]))
     return bytes(out), max_ts
+
+
+def _mtime(path: str) -> float | None:
+    try:
+        return os.stat(path).st_mtime
+    except OSError:
+        return None
 
 
 def _unlink(path: str) -> None:

@@ -9,6 +9,15 @@ A directory ``<log.dir>/<topic>-<partition>/`` holding segments (see
 ``<offset>.snapshot`` idempotent-producer state as of ``offset``
 
 No trio in here and no clock reads where it matters: callers pass ``now_ms``.
+
+Deleted segments (retention, DeleteRecords, truncation, compaction) are first
+renamed to ``*.deleted`` and then unlinked at once -- or, with
+``defer_file_deletion=True``, by :meth:`PartitionLog.purge_deleted_files`
+from a worker thread.  ``file.delete.delay.ms`` is *not* waited for: Kafka
+needs the delay because in-flight fetches may still be sending from the
+files (mmap/sendfile); here every read copies its bytes with ``pread`` before
+returning, so nothing can refer to a file once it is out of the segment list.
+Leftover ``*.deleted`` files are removed when the log is opened.
 The object is not thread-safe; the few slow operations (fsync, compaction,
 deleting files) are split into a *prepare* step (caller's thread), a *run*
 step that touches only private file descriptors and paths (safe in a worker

@@ -271,3 +271,17 @@ def test_compaction_keeps_control_and_transactional_batches(tmp_path):
     assert [(r.key, r.value) for r in read_all_records(log) if r.key == b"t"] == [(b"t", b"2")]
     decoded = decode_records(bytes(log.read(0, 1 << 20).records))
     assert decoded[0][0].producer_id == 9 and decoded[0][0].records_count == 0
+
+
+def test_compact_and_delete_retention_removes_cleaned_segments(tmp_path):
+    import time
+
+    log = open_log(tmp_path / "c-0", cleanup_policy=("compact", "delete"), retention_ms=1000)
+    build(log, n=60, keys=3)
+    log.roll(now_ms=0)
+    log.compact(now_ms=5000)
+    assert any(s.size == 0 for s in log.segments[:-1])  # fully superseded segments stay, empty
+    later = int(time.time() * 1000) + 60_000
+    n = log.num_segments  # the last one is the empty active segment, which stays
+    assert log.apply_retention(now_ms=later) == n - 1
+    assert log.log_start_offset == log.log_end_offset == 60
