@@ -58,6 +58,12 @@ _MODULES = (
     "list_offsets",
     "topics",
     "producer_ids",
+    "configs",
+    "cluster",
+    "records",
+    "log_dirs",
+    "leader_epoch",
+    "describe_topic_partitions",
 )
 
 for _m in _MODULES:

@@ -1,0 +1,56 @@
+"""DeleteRecords: move a partition's log start offset forward.
+
+Per partition the offset is the new log start offset, -1 meaning the high
+watermark.  Whole segments below it are removed; the records left below it
+in the first remaining segment are no longer served (Fetch and ListOffsets
+go by the log start offset).  The answer's ``low_watermark`` is the new log
+start offset.  Offsets are never reused: the log end offset does not move.
+"""
+
+from protocol import ApiKey, ErrorCode
+
+from ..log.errors import LogError, OffsetOutOfRange
+from . import handles
+
+HIGH_WATERMARK = -1
+INTERNAL_TOPICS = frozenset({"__consumer_offsets", "__transaction_state", "__share_group_state"})
+
+
+def delete_records(broker, topic: str, index: int, offset: int) -> tuple[ErrorCode, int]:
+    """(error, low watermark) for one partition."""
+    t = broker.image.topics.get(topic)
+    if t is None or index not in t.partitions:
+        return ErrorCode.UNKNOWN_TOPIC_OR_PARTITION, -1
+    if topic in INTERNAL_TOPICS:
+        return ErrorCode.INVALID_TOPIC_EXCEPTION, -1
+    part = broker.partition(topic, index)
+    if part is None or t.partitions[index].leader != broker.node_id:
+        return ErrorCode.NOT_LEADER_OR_FOLLOWER, -1
+    if not part.log.config.delete:
+        # cleanup.policy=compact only: records are removed by compaction alone.
+        return ErrorCode.POLICY_VIOLATION, -1
+    hw = part.high_watermark
+    target = hw if offset == HIGH_WATERMARK else offset
+    if target < 0 or target > hw:
+        return ErrorCode.OFFSET_OUT_OF_RANGE, -1
+    try:
+        low = part.log.delete_records_before(target)
+    except OffsetOutOfRange:
+        return ErrorCode.OFFSET_OUT_OF_RANGE, -1
+    except LogError as e:
+        return ErrorCode(e.error_code), -1
+    except OSError:
+        return ErrorCode.KAFKA_STORAGE_ERROR, -1
+    return ErrorCode.NONE, low
+
+
+@handles(ApiKey.DELETE_RECORDS)
+async def handle(broker, header, body):
+    topics = []
+    for t in body.topics:
+        parts = []
+        for p in t.partitions:
+            err, low = delete_records(broker, t.name, p.partition_index, p.offset)
+            parts.append({"partition_index": p.partition_index, "low_watermark": low, "error_code": err})
+        topics.append({"name": t.name, "partitions": parts})
+    return {"throttle_time_ms": 0, "topics": topics}
