@@ -27,11 +27,13 @@ serialises access.
 
 from __future__ import annotations
 
+import operator
 import os
 import struct
 import sys
 from array import array
 from bisect import bisect_right
+from itertools import islice
 from typing import Iterator
 
 from protocol.errors import ProtocolError
@@ -365,18 +367,19 @@ class Segment:
         if _SWAP_BYTES:
             both.byteswap()
         rel, pos = both[0::2], both[1::2]
-        for i in range(1, len(rel)):
-            if rel[i] <= rel[i - 1] or pos[i] <= pos[i - 1]:
-                raise SegmentCorrupt("offset index not increasing")
+        if len(rel) > 1 and not (
+            all(map(operator.lt, rel, islice(rel, 1, None)))
+            and all(map(operator.lt, pos, islice(pos, 1, None)))
+        ):
+            raise SegmentCorrupt("offset index not increasing")
         if pos and pos[-1] >= self.size:
             raise SegmentCorrupt("offset index points past the end of the log")
-        ts = array("q")
-        trel = array("I")
-        for t, r in _TIME_ENTRY.iter_unpack(traw):
-            if ts and (t <= ts[-1] or r < trel[-1]):
-                raise SegmentCorrupt("time index not increasing")
-            ts.append(t)
-            trel.append(r)
+        ts, trel = _unpack_time_entries(traw)
+        if len(ts) > 1 and not (
+            all(map(operator.lt, ts, islice(ts, 1, None)))
+            and all(map(operator.le, trel, islice(trel, 1, None)))
+        ):
+            raise SegmentCorrupt("time index not increasing")
         if trel:
             i = bisect_right(rel, trel[-1]) - 1
             if i < 0 or rel[i] != trel[-1]:
@@ -390,18 +393,14 @@ class Segment:
         """Write index entries not yet on disk (and cut stale ones)."""
         if self._idx_saved < len(self.idx_rel) or self._idx_dirty_tail:
             n = len(self.idx_rel)
-            data = b"".join(
-                _OFFSET_ENTRY.pack(self.idx_rel[i], self.idx_pos[i]) for i in range(self._idx_saved, n)
-            )
+            data = _pack_offset_entries(self.idx_rel[self._idx_saved:], self.idx_pos[self._idx_saved:])
             _write_tail(self.index_path, self._idx_saved * _OFFSET_ENTRY.size, data,
                         n * _OFFSET_ENTRY.size, self._idx_dirty_tail)
             self._idx_saved = n
             self._idx_dirty_tail = False
         if self._ts_saved < len(self.ts_ts) or self._ts_dirty_tail:
             n = len(self.ts_ts)
-            data = b"".join(
-                _TIME_ENTRY.pack(self.ts_ts[i], self.ts_rel[i]) for i in range(self._ts_saved, n)
-            )
+            data = _pack_time_entries(self.ts_ts[self._ts_saved:], self.ts_rel[self._ts_saved:])
             _write_tail(self.timeindex_path, self._ts_saved * _TIME_ENTRY.size, data,
                         n * _TIME_ENTRY.size, self._ts_dirty_tail)
             self._ts_saved = n
@@ -584,6 +583,51 @@ class Segment:
 
 
 # ---------------------------------------------------------------------- helpers
+
+
+_TIME_CHUNK = 1024
+_TIME_CHUNK_STRUCT = struct.Struct(">" + "qI" * _TIME_CHUNK)
+
+
+def _pack_offset_entries(rel: array, pos: array) -> bytes:
+    both = array("I", bytes(8 * len(rel)))
+    both[0::2] = rel
+    both[1::2] = pos
+    if _SWAP_BYTES:
+        both.byteswap()
+    return both.tobytes()
+
+
+def _pack_time_entries(ts: array, rel: array) -> bytes:
+    vals: list[int] = [0] * (2 * len(ts))
+    vals[0::2] = ts
+    vals[1::2] = rel
+    out = []
+    full = len(ts) // _TIME_CHUNK * _TIME_CHUNK * 2
+    for i in range(0, full, 2 * _TIME_CHUNK):
+        out.append(_TIME_CHUNK_STRUCT.pack(*vals[i:i + 2 * _TIME_CHUNK]))
+    rest = vals[full:]
+    if rest:
+        out.append(struct.pack(">" + "qI" * (len(rest) // 2), *rest))
+    return b"".join(out)
+
+
+def _unpack_time_entries(raw: bytes) -> tuple[array, array]:
+    n = len(raw) // _TIME_ENTRY.size
+    ts = array("q")
+    rel = array("I")
+    step = _TIME_CHUNK * _TIME_ENTRY.size
+    full = n // _TIME_CHUNK * step
+    for off in range(0, full, step):
+        vals = _TIME_CHUNK_STRUCT.unpack_from(raw, off)
+        ts.extend(vals[0::2])
+        rel.extend(vals[1::2])
+    k = n - full // _TIME_ENTRY.size
+    if k:
+        vals = struct.unpack_from(">" + "qI" * k, raw, full)
+        ts.extend(vals[0::2])
+        rel.extend(vals[1::2])
+    return ts, rel
 
 
 def _pwrite_all(fd: int, data, pos: int, restore_size: int) -> None:
