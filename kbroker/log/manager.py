@@ -175,6 +175,11 @@ class LogManager:
             if t == topic:
                 log.update_config(config)
 
+    def log_dir_of(self, topic: str, partition: int) -> str | None:
+        """The log dir (one of ``log_dirs``) holding a partition, for DescribeLogDirs."""
+        log = self.logs.get((topic, partition))
+        return os.path.dirname(log.path) if log is not None else None
+
     def topic_partitions(self, topic: str) -> list[int]:
         return sorted(p for (t, p) in self.logs if t == topic)
 

@@ -347,6 +347,10 @@ class PartitionLog:
     def num_segments(self) -> int:
         return len(self.segments)
 
+    def first_unstable_offset(self) -> int | None:
+        """First offset of the oldest open transaction (the LSO bound), None if none."""
+        return self.producer_state.first_unstable_offset()
+
     def update_config(self, config: LogConfig) -> None:
         """New topic config; takes effect for future appends/rolls/retention."""
         self.config = config

@@ -158,3 +158,11 @@ async def test_background_loops_run_and_cancel(tmp_path):
                 await trio.sleep(0.01)
         nursery.cancel_scope.cancel()
     m.close()
+
+
+def test_log_dir_of(tmp_path):
+    d = str(tmp_path / "d")
+    m = LogManager([d], small_config())
+    m.create("t", 0)
+    assert m.log_dir_of("t", 0) == os.path.abspath(d)
+    assert m.log_dir_of("t", 1) is None

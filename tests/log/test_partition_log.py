@@ -548,3 +548,20 @@ def test_delete_removes_directory(tmp_path):
     fill(log, 2)
     log.delete()
     assert not os.path.exists(log.path)
+
+
+def test_first_unstable_offset_tracks_open_transactions(tmp_path):
+    from protocol.records import encode_control_batch
+
+    log = open_log(tmp_path)
+    log.append(batch(1), now_ms=0)
+    assert log.first_unstable_offset() is None
+    log.append(batch(2, producer_id=3, producer_epoch=0, base_sequence=0, is_transactional=True), now_ms=0)
+    assert log.first_unstable_offset() == 1
+    log.append(bytearray(encode_control_batch(producer_id=3, producer_epoch=0, commit=True,
+                                              coordinator_epoch=0, timestamp=5)), now_ms=0)
+    assert log.first_unstable_offset() is None
+    log.append(batch(1, producer_id=3, producer_epoch=0, base_sequence=2, is_transactional=True), now_ms=0)
+    log.close()
+    log = open_log(tmp_path)
+    assert log.first_unstable_offset() == 4
