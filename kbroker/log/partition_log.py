@@ -265,11 +265,9 @@ class PartitionLog:
         if self.log_start_offset > self.log_end_offset:
             # recovery cut below the log start: never hand out offsets twice
             self._truncate_fully(self.log_start_offset, now)
-        self.recovery_point = self.log_end_offset if recover else min(rp_ckpt, self.log_end_offset)
-        if not recover and rp_ckpt < self.log_end_offset:
-            # A "clean" open with a stale recovery point: data was written by a
-            # clean shutdown path that did not record it; trust it.
-            self.recovery_point = self.log_end_offset
+        # After a clean shutdown everything was flushed; after recovery what
+        # was kept is fsynced just below.  Either way the whole log is durable.
+        self.recovery_point = self.log_end_offset
         if recover:
             # what recovery kept is made durable before the recovery point says so
             for seg in self.segments:
