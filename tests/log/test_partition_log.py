@@ -565,3 +565,22 @@ def test_first_unstable_offset_tracks_open_transactions(tmp_path):
     log.close()
     log = open_log(tmp_path)
     assert log.first_unstable_offset() == 4
+
+
+def test_follower_append_with_offset_gaps(tmp_path):
+    from protocol.records import set_base_offset
+
+    f = open_log(tmp_path, name="f-0")
+    data = bytearray(batch(2))
+    set_base_offset(data, 0, 10)  # e.g. replicated from a compacted leader
+    info = f.append(data, assign_offsets=False, now_ms=0)
+    assert (info.first_offset, info.last_offset, f.log_end_offset) == (10, 11, 12)
+    assert f.read(0, 1000).first_offset == 10  # offsets 0..9 simply do not exist
+    data = bytearray(batch(1))
+    set_base_offset(data, 0, 20)
+    f.append(data, assign_offsets=False, now_ms=0)
+    assert f.read(12, 1000).first_offset == 20 and f.log_end_offset == 21
+    f.close()
+    f = open_log(tmp_path, name="f-0")
+    assert f.log_end_offset == 21
+    assert [r.offset for r in read_all_records(f)] == [10, 11, 20]
