@@ -14,7 +14,9 @@ from typing import NamedTuple
 import trio
 
 from protocol import ErrorCode, ProtocolError
-from protocol.records import iter_batches
+from protocol.records import decode_batch, iter_batches
+
+from .log.config import LogConfig
 
 from .log.errors import InvalidProducerEpoch, OutOfOrderSequence
 
@@ -60,11 +62,13 @@ class Partition:
         self._waiters.clear()
 
     # -- appending -----------------------------------------------------------------
-    def append_records(self, records, *, max_message_bytes: int, log_append_time_ms: int | None) -> AppendResult:
+    def append_records(self, records, config: LogConfig, now_ms: int) -> AppendResult:
         """Validate and append a Produce request's record batches (one partition).
 
         ``records`` is a writable view into the request frame; base offsets
         and leader epochs are patched in it before it is written as-is.
+        Everything is judged from batch headers, except on compacted topics,
+        where every record must have a key and so the records are read.
         """
         if records is None or len(records) == 0:
             return AppendResult(ErrorCode.INVALID_RECORD, message="empty record set")
@@ -72,11 +76,12 @@ class Partition:
             batches = list(iter_batches(records))
         except ProtocolError as e:
             return AppendResult(ErrorCode.CORRUPT_MESSAGE, message=str(e))
-        for _pos, h in batches:
-            if h.total_size > max_message_bytes:
+        create_time = not config.log_append_time
+        for pos, h in batches:
+            if h.total_size > config.max_message_bytes:
                 return AppendResult(
                     ErrorCode.MESSAGE_TOO_LARGE,
-                    message=f"The record batch size {h.total_size} exceeds max.message.bytes {max_message_bytes}",
+                    message=f"The record batch size {h.total_size} exceeds max.message.bytes {config.max_message_bytes}",
                 )
             if h.is_control:
                 return AppendResult(ErrorCode.INVALID_RECORD, message="clients may not produce control batches")
@@ -85,6 +90,28 @@ class Partition:
                     ErrorCode.TRANSACTIONAL_ID_AUTHORIZATION_FAILED,
                     message="transactions are not supported yet",
                 )
+            if create_time and (
+                h.max_timestamp - now_ms > config.message_timestamp_after_max_ms
+                or now_ms - h.base_timestamp > config.message_timestamp_before_max_ms
+            ):
+                return AppendResult(
+                    ErrorCode.INVALID_TIMESTAMP,
+                    message=(
+                        f"Timestamp {h.max_timestamp} of a batch is out of range: "
+                        f"message.timestamp.after.max.ms={config.message_timestamp_after_max_ms}, "
+                        f"message.timestamp.before.max.ms={config.message_timestamp_before_max_ms}"
+                    ),
+                )
+            if config.compact:
+                try:
+                    _h, recs = decode_batch(records, pos)
+                except ProtocolError as e:
+                    return AppendResult(ErrorCode.CORRUPT_MESSAGE, message=str(e))
+                if any(r.key is None for r in recs):
+                    return AppendResult(
+                        ErrorCode.INVALID_RECORD, message="Compacted topic cannot accept message without key."
+                    )
+        log_append_time_ms = now_ms if config.log_append_time else None
         try:
             info = self.log.append(
                 records, assign_offsets=True, log_append_time_ms=log_append_time_ms, leader_epoch=self.leader_epoch

@@ -194,6 +194,9 @@ async def test_produce_fetch_round_trip_and_errors(broker):
     assert r.responses[0].partition_responses[0].error_code == ErrorCode.UNKNOWN_TOPIC_OR_PARTITION
     r = await c.call(ApiKey.PRODUCE, 11, produce_body("t", batch, partition=7))
     assert r.responses[0].partition_responses[0].error_code == ErrorCode.UNKNOWN_TOPIC_OR_PARTITION
+    future = encode_batch([(b"k", b"v", (), 10**13)])
+    r = await c.call(ApiKey.PRODUCE, 11, produce_body("t", future))
+    assert r.responses[0].partition_responses[0].error_code == ErrorCode.INVALID_TIMESTAMP
     big = encode_batch([(None, b"x" * 2_000_000)])
     r = await c.call(ApiKey.PRODUCE, 11, produce_body("t", big))
     assert r.responses[0].partition_responses[0].error_code == ErrorCode.MESSAGE_TOO_LARGE
@@ -211,6 +214,15 @@ async def test_produce_fetch_round_trip_and_errors(broker):
     fetch["topics"][0]["partitions"][0]["fetch_offset"] = 99
     r = await c.call(ApiKey.FETCH, 11, fetch)
     assert r.responses[0].partitions[0].error_code == ErrorCode.OFFSET_OUT_OF_RANGE
+
+
+async def test_compacted_topic_requires_keys(broker):
+    c = await Client.connect(broker.port)
+    await create_topic(c, "compacted", configs=[("cleanup.policy", "compact")])
+    r = await c.call(ApiKey.PRODUCE, 11, produce_body("compacted", encode_batch([(None, b"v")])))
+    assert r.responses[0].partition_responses[0].error_code == ErrorCode.INVALID_RECORD
+    r = await c.call(ApiKey.PRODUCE, 11, produce_body("compacted", encode_batch([(b"k", b"v")])))
+    assert r.responses[0].partition_responses[0].error_code == 0
 
 
 async def test_acks_0_gets_no_answer_but_is_appended(broker):

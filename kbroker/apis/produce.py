@@ -42,11 +42,7 @@ async def handle(broker, header, body):
             elif t.is_internal and not header.client_id == "__kbroker_internal":
                 entry["error_code"] = ErrorCode.INVALID_TOPIC_EXCEPTION
             else:
-                res = part.append_records(
-                    pd.records,
-                    max_message_bytes=cfg.max_message_bytes,
-                    log_append_time_ms=now if cfg.log_append_time else None,
-                )
+                res = part.append_records(pd.records, cfg, now)
                 entry.update(
                     error_code=res.error,
                     base_offset=res.base_offset,
