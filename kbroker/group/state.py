@@ -29,6 +29,7 @@ session timeouts, pending-sync expiry, and offset retention.
 
 from __future__ import annotations
 
+import logging
 import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
@@ -57,6 +58,8 @@ from .records import (
     offset_tombstone,
 )
 from .timers import Timers
+
+log = logging.getLogger("kbroker.group")
 
 INT_MAX = (1 << 31) - 1
 NO_OFFSET = -1
@@ -359,6 +362,10 @@ class GroupCoordinatorState:
             self._respond(join_error(ErrorCode.UNKNOWN_MEMBER_ID, member_id))
 
     def _update_member_then_rebalance(self, group, member, req: JoinRequest, waiter) -> None:
+        # A member never has two joins parked; an older one (its connection is
+        # gone) is released rather than left hanging.
+        group.complete_join(member, join_error(ErrorCode.REBALANCE_IN_PROGRESS, member.member_id),
+                            self._res.completions)
         group.update_member(member, req.protocols, req.rebalance_timeout_ms, req.session_timeout_ms, waiter, True)
         self._maybe_prepare_rebalance_or_complete_join(group)
 
@@ -430,6 +437,8 @@ class GroupCoordinatorState:
             self.timers.schedule(
                 ("join", gid), self.now + delay, lambda: self._try_complete_initial_rebalance(gid, delay, remaining)
             )
+        log.info("preparing to rebalance group %s in state %s with old generation %d",
+                 gid, group.state, group.generation_id)
         group.transition(PREPARING_REBALANCE, self.now)
         if not initial:
             if group.has_all_members_joined():
@@ -475,8 +484,11 @@ class GroupCoordinatorState:
             return
         group.init_next_generation(self.now)
         if group.state is EMPTY:
+            log.info("group %s with generation %d is now empty", gid, group.generation_id)
             self._record(group_metadata_record(group, {}))
             return
+        log.info("stabilized group %s generation %d (protocol %s) with %d members",
+                 gid, group.generation_id, group.protocol_name, len(group.members))
         out = self._res.completions
         for m in list(group.members.values()):
             response = self._current_generation_response(group, m.member_id, with_members=group.is_leader(m.member_id))
@@ -541,6 +553,7 @@ class GroupCoordinatorState:
         self._remove_member_and_update_group(group, member)
 
     def _remove_member_and_update_group(self, group: ClassicGroup, member: Member) -> None:
+        log.info("member %s in group %s has failed (session timeout), removing it", member.member_id, group.group_id)
         self._remove_member_quietly(group, member.member_id)
         if group.state in (STABLE, COMPLETING_REBALANCE):
             self._maybe_prepare_rebalance_or_complete_join(group)
@@ -564,6 +577,7 @@ class GroupCoordinatorState:
             res.response = sync_error(ErrorCode.REBALANCE_IN_PROGRESS)
         elif group.state is COMPLETING_REBALANCE:
             member = group.members[req.member_id]
+            group.complete_sync(member, sync_error(ErrorCode.REBALANCE_IN_PROGRESS), self._res.completions)
             member.awaiting_sync = True
             member.sync_waiter = waiter
             self._remove_pending_sync_member(group, req.member_id)
@@ -577,6 +591,8 @@ class GroupCoordinatorState:
                     m.assignment = assignment.get(m.member_id, b"")
                 self._propagate_assignment(group, ErrorCode.NONE)
                 group.transition(STABLE, self.now)
+                log.info("assignment received from leader %s for group %s generation %d",
+                         req.member_id, group.group_id, group.generation_id)
         elif group.state is STABLE:
             self._remove_pending_sync_member(group, req.member_id)
             res.response = _sync_ok(group, group.members[req.member_id].assignment)

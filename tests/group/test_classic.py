@@ -373,3 +373,18 @@ def test_leave_static_member_by_instance_id():
     resp = h.leave("g", LeaveMember("", "pod-1"), LeaveMember("", "pod-9"))
     assert [m["error_code"] for m in resp["members"]] == [0, E.UNKNOWN_MEMBER_ID]
     assert not h.group().members
+
+
+def test_a_second_parked_request_of_a_member_releases_the_first():
+    h = Harness()
+    a, b = stable_group(h, 2)
+    first = h.join("g", a)
+    assert first.response is None
+    second = h.join("g", a)
+    assert first.response["error_code"] == E.REBALANCE_IN_PROGRESS and second.response is None
+    h.join("g", b, client="c1")
+    assert second.response["generation_id"] == 3
+    follower = b if second.response["leader"] == a else a
+    s1 = h.sync("g", 3, follower)
+    s2 = h.sync("g", 3, follower)
+    assert s1.response["error_code"] == E.REBALANCE_IN_PROGRESS and s2.response is None
