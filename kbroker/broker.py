@@ -170,7 +170,12 @@ class Broker:
                 wanted.add(key)
                 part = self.partitions.get(key)
                 if part is None:
-                    plog = self.logs.get(t.name, p.partition_id) or self.logs.create(t.name, p.partition_id, cfg)
+                    plog = self.logs.get(t.name, p.partition_id)
+                    if plog is None:
+                        plog = self.logs.create(t.name, p.partition_id, cfg)
+                    elif plog.config != cfg:
+                        # Loaded from disk before the image was replayed: default config.
+                        self.logs.update_config(t.name, cfg)
                     self.partitions[key] = Partition(t.name, p.partition_id, plog, leader_epoch=p.leader_epoch)
                 else:
                     part.leader_epoch = p.leader_epoch
