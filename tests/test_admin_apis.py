@@ -737,3 +737,54 @@ def test_epoch_history_on_a_real_log(tmp_path):
     cache = epoch_cache(log)
     assert (cache.epochs, cache.starts, cache.scanned_to) == ([0, 2], [0, 10], 13)
     log.close()
+
+
+def test_dynamic_broker_config_reaches_logs_and_survives_restart(tmp_path):
+    """In process: a cluster-wide log.retention.ms becomes the LogConfig of every
+    partition without an override, a topic override still wins, and both come
+    back from the metadata log after a restart."""
+    import trio
+
+    from protocol import decode_request
+
+    from kbroker.apis import dispatch
+    from kbroker.broker import Broker
+    from kbroker.config import Config
+
+    def request(api_key, version, body):
+        header, decoded = decode_request(encode_request(int(api_key), version, body, correlation_id=1)[4:])
+        return header, decoded
+
+    cfg = Config.load(None, [f"listeners=PLAINTEXT://127.0.0.1:{_free_port()}", f"log.dirs={tmp_path}"])
+
+    async def run(body_fn):
+        b = Broker(cfg)
+        async with trio.open_nursery() as nursery:
+            await b.start(nursery)
+            try:
+                await body_fn(b)
+            finally:
+                nursery.cancel_scope.cancel()
+        await b.close()
+
+    async def first(b):
+        await b.create_topics([{"name": "plain", "num_partitions": 2}, {"name": "own", "num_partitions": 1}])
+        resp = await dispatch(b, *request(ApiKey.INCREMENTAL_ALTER_CONFIGS, 1, {"resources": [
+            {"resource_type": 4, "resource_name": "", "configs": [
+                {"name": "log.retention.ms", "config_operation": 0, "value": "1000"}]},
+            {"resource_type": 2, "resource_name": "own", "configs": [
+                {"name": "retention.ms", "config_operation": 0, "value": "5000"}]},
+        ], "validate_only": False}))
+        assert [r["error_code"] for r in resp["responses"]] == [0, 0]
+        check(b)
+
+    def check(b):
+        assert b.config["log.retention.ms"] == 1000
+        assert [b.partition("plain", i).log.config.retention_ms for i in (0, 1)] == [1000, 1000]
+        assert b.partition("own", 0).log.config.retention_ms == 5000
+
+    async def second(b):
+        check(b)
+
+    trio.run(run, first)
+    trio.run(run, second)
