@@ -685,6 +685,40 @@ def test_offset_for_leader_epoch_raw(kb, make_topic):
     assert [(p.error_code, p.leader_epoch, p.end_offset) for p in resp.topics[0].partitions] == [(0, 0, 30)]
 
 
+def test_librdkafka_validates_position_with_leader_epoch(kb, make_topic):
+    """A position assigned with a leader epoch is validated (OffsetForLeaderEpoch) before fetching."""
+    from confluent_kafka import Consumer
+
+    name = make_topic(1)
+    produce(kb, name, 20)
+    validated = []
+    c = Consumer({"bootstrap.servers": kb.bootstrap, "group.id": f"g-{uuid.uuid4().hex[:6]}",
+                  "enable.auto.commit": False, "debug": "fetch",
+                  "logger": _CaptureLog(validated)})
+    try:
+        c.assign([TopicPartition(name, 0, 10, leader_epoch=0)])
+        got = []
+        deadline = time.monotonic() + 10
+        while len(got) < 10 and time.monotonic() < deadline:
+            m = c.poll(0.5)
+            if m is not None and not m.error():
+                got.append(m.offset())
+    finally:
+        c.close()
+    assert got == list(range(10, 20))
+    assert any("validation succeeded" in line and "end offset 20" in line for line in validated), validated[-5:]
+
+
+class _CaptureLog:
+    """A logging.Logger stand-in for librdkafka's ``logger`` setting."""
+
+    def __init__(self, lines):
+        self.lines = lines
+
+    def log(self, level, fmt, *args):
+        self.lines.append(fmt % args if args else fmt)
+
+
 def test_epoch_history_on_a_real_log(tmp_path):
     """Epochs stamped in batches -> end offsets, as Kafka's leader epoch cache answers."""
     from protocol.records import encode_batch
