@@ -17,7 +17,8 @@ _ENDPOINT_NAMES = {ENDPOINT_BROKER: "BROKER", ENDPOINT_CONTROLLER: "CONTROLLER"}
 
 # AclOperation codes Kafka supports on the CLUSTER resource; with no authorizer
 # every one of them is allowed.
-CLUSTER_OPERATIONS = (5, 7, 8, 9, 10, 11, 12)  # CREATE ALTER DESCRIBE CLUSTER_ACTION DESCRIBE_CONFIGS ALTER_CONFIGS IDEMPOTENT_WRITE
+# CREATE ALTER DESCRIBE CLUSTER_ACTION DESCRIBE_CONFIGS ALTER_CONFIGS IDEMPOTENT_WRITE
+CLUSTER_OPERATIONS = (5, 7, 8, 9, 10, 11, 12)
 UNKNOWN_OPERATIONS = -2147483648
 
 
@@ -35,7 +36,8 @@ async def handle(broker, header, body):
     base = {"throttle_time_ms": 0, "endpoint_type": endpoint_type, "cluster_id": broker.cluster_id,
             "controller_id": -1, "brokers": [], "cluster_authorized_operations": UNKNOWN_OPERATIONS}
     if endpoint_type not in _ENDPOINT_NAMES:
-        return {**base, "error_code": ErrorCode.INVALID_REQUEST if version == 0 else ErrorCode.UNSUPPORTED_ENDPOINT_TYPE,
+        return {**base,
+                "error_code": ErrorCode.INVALID_REQUEST if version == 0 else ErrorCode.UNSUPPORTED_ENDPOINT_TYPE,
                 "error_message": f"Unsupported endpoint type {endpoint_type}"}
     if endpoint_type != ENDPOINT_BROKER:
         return {**base,

@@ -411,7 +411,8 @@ def _validate_topic_overrides(broker, new: dict[str, str]) -> None:
     if parsed.get("remote.storage.enable"):
         raise ResourceError(
             ErrorCode.INVALID_CONFIG,
-            "Tiered Storage functionality is disabled in the broker. Topic cannot be configured with remote log storage.",
+            "Tiered Storage functionality is disabled in the broker. "
+            "Topic cannot be configured with remote log storage.",
         )
 
 
@@ -442,7 +443,8 @@ def plan_broker(broker, name: str, configs, *, incremental: bool) -> list:
     # Unknown names are refused below, by the trial configuration (with a "did you mean").
     read_only = {k for k in changed if k in BROKER_CONFIGS and BROKER_CONFIGS[k].read_only}
     if read_only:
-        raise ResourceError(ErrorCode.INVALID_REQUEST, f"Cannot update these configs dynamically: {_scala_set(read_only)}")
+        raise ResourceError(ErrorCode.INVALID_REQUEST,
+                            f"Cannot update these configs dynamically: {_scala_set(read_only)}")
     if not per_broker:
         only_per_broker = {k for k in changed if k in BROKER_CONFIGS and BROKER_CONFIGS[k].update_mode == PER_BROKER}
         if only_per_broker:

@@ -63,7 +63,8 @@ def describe(image, names: list[str], fetch_all: bool, cursor, limit: int) -> di
             t = image.topics.get(name)
             if t is None:
                 if not fetch_all:
-                    err = ErrorCode.INVALID_TOPIC_EXCEPTION if topic_name_error(name) else ErrorCode.UNKNOWN_TOPIC_OR_PARTITION
+                    err = (ErrorCode.INVALID_TOPIC_EXCEPTION if topic_name_error(name)
+                           else ErrorCode.UNKNOWN_TOPIC_OR_PARTITION)
                     topics.append({"error_code": err, "name": name, "topic_id": ZERO_UUID,
                                    "is_internal": name in INTERNAL_TOPICS, "partitions": [],
                                    "topic_authorized_operations": TOPIC_OPERATIONS_BITS})
