@@ -353,18 +353,32 @@ class Bytes(construct.Construct):
             return obj
         if isinstance(obj, (list, tuple)):
             # Scatter/gather: a sequence of buffers written back to back.
-            total = sum(len(memoryview(b).cast("B")) for b in obj)
-            _write_length(stream, total, self.compact, 4)
-            for b in obj:
+            parts = [_byte_buffer(b) for b in obj]
+            _write_length(stream, sum(len(b) for b in parts), self.compact, 4)
+            for b in parts:
                 stream.write(b)
             return obj
-        try:
-            n = memoryview(obj).nbytes
-        except TypeError:
-            raise ProtocolError(f"expected bytes, got {type(obj).__name__}") from None
-        _write_length(stream, n, self.compact, 4)
-        stream.write(obj)
+        data = _byte_buffer(obj)
+        _write_length(stream, len(data), self.compact, 4)
+        stream.write(data)
         return obj
+
+
+def _byte_buffer(obj):
+    """``obj`` as a buffer whose len() is its size in bytes.
+
+    The writer counts ``len()``; for an ``array('I')`` or a typed memoryview
+    that is the item count, which would make the frame's size prefix wrong.
+    """
+    if isinstance(obj, (bytes, bytearray)):
+        return obj
+    try:
+        view = memoryview(obj)
+        if view.format != "B" or view.ndim != 1:
+            view = view.cast("B")
+    except TypeError:
+        raise ProtocolError(f"expected bytes, got {type(obj).__name__}") from None
+    return view
 
 
 class Uuid(construct.Construct):
