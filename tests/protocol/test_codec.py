@@ -993,3 +993,27 @@ def test_records_scatter_gather_is_kept_by_reference():
     joined = b"".join(parts)
     assert joined == encode_response(RequestHeader(ApiKey.FETCH, 16, 1), body)
     assert struct.unpack(">i", joined[:4])[0] == len(joined) - 4
+
+
+@pytest.mark.parametrize("n", [10, 2000])  # below and above ChunkWriter.BIG bytes
+@pytest.mark.parametrize("chunks", [False, True])
+def test_typed_buffers_are_sized_in_bytes(n, chunks):
+    """A records value with items wider than a byte (array('I'), a typed memoryview) is
+    written with its size in bytes, in the length field and in the frame's size prefix."""
+    import array
+
+    arr = array.array("I", range(n))
+    for records in (arr, memoryview(arr), [arr, b"xy"]):
+        body = {"responses": [{"topic": "t", "partitions": [{"partition_index": 0, "records": records}]}]}
+        out = encode_response(RequestHeader(ApiKey.FETCH, 11, 1), body, chunks=chunks)
+        data = b"".join(out) if chunks else out
+        assert struct.unpack(">i", data[:4])[0] == len(data) - 4
+        _, decoded = decode_response(ApiKey.FETCH, 11, data[4:])
+        expected = arr.tobytes() + (b"xy" if isinstance(records, list) else b"")
+        assert bytes(decoded.responses[0].partitions[0].records) == expected
+
+
+def test_non_buffer_in_records_list_raises_protocol_error():
+    body = {"responses": [{"topic": "t", "partitions": [{"partition_index": 0, "records": [b"ok", 5]}]}]}
+    with pytest.raises(ProtocolError):
+        encode_response(RequestHeader(ApiKey.FETCH, 11, 1), body)

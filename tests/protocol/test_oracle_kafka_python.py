@@ -31,15 +31,18 @@ import importlib.util
 import pathlib
 import pkgutil
 import uuid
+import warnings
 
 import pytest
 
-kafka_protocol = pytest.importorskip("kafka.protocol")
-
-from kafka.protocol.api_message import ApiMessage  # noqa: E402
-from kafka.protocol.old import types as OT  # noqa: E402
-from kafka.protocol.old.api import Request as OldRequest  # noqa: E402
-from kafka.protocol.old.api import Response as OldResponse  # noqa: E402
+with warnings.catch_warnings():
+    # kafka-python reads its JSON with importlib.resources' deprecated calls.
+    warnings.simplefilter("ignore", DeprecationWarning)
+    kafka_protocol = pytest.importorskip("kafka.protocol")
+    from kafka.protocol.api_message import ApiMessage  # noqa: E402
+    from kafka.protocol.old import types as OT  # noqa: E402
+    from kafka.protocol.old.api import Request as OldRequest  # noqa: E402
+    from kafka.protocol.old.api import Response as OldResponse  # noqa: E402
 
 import protocol  # noqa: E402
 from protocol import (  # noqa: E402
@@ -111,10 +114,12 @@ def _ours_decode(key, kind, version, data):
 
 
 def _json_classes() -> dict:
-    for info in pkgutil.walk_packages(kafka_protocol.__path__, "kafka.protocol."):
-        if ".old" in info.name or info.name.endswith("generate_stubs"):
-            continue
-        importlib.import_module(info.name)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        for info in pkgutil.walk_packages(kafka_protocol.__path__, "kafka.protocol."):
+            if ".old" in info.name or info.name.endswith("generate_stubs"):
+                continue
+            importlib.import_module(info.name)
 
     def subclasses(c):
         for s in c.__subclasses__():
