@@ -31,7 +31,7 @@ from typing import Callable, Optional, Sequence
 JS_DIR = Path(__file__).resolve().parent / "js"
 NODE = shutil.which("node") or "node"
 KCAT = shutil.which("kcat") or shutil.which("kafkacat") or "kcat"
-DEFAULT_TIMEOUT = 60.0
+DEFAULT_TIMEOUT = 30.0
 
 
 @dataclass(frozen=True)
