@@ -312,7 +312,10 @@ class String(construct.Construct):
             return obj
         if not isinstance(obj, str):
             raise ProtocolError(f"expected a str, got {type(obj).__name__}")
-        data = obj.encode("utf-8")
+        try:
+            data = obj.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise ProtocolError(f"string is not encodable as UTF-8 ({e.reason} at {e.start})") from None
         if not self.compact and len(data) > 0x7FFF:
             raise ProtocolError(f"string of {len(data)} bytes is too long for an int16 length")
         _write_length(stream, len(data), self.compact, 2)
