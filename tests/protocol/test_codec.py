@@ -691,6 +691,8 @@ def test_primitive_wire_forms(con, value, wire):
         (T.UUID, b"short"),
         (T.UUID, "not-a-uuid"),
         (T.String(True, False), b"bytes"),
+        (T.String(True, False), "\ud800"),  # a lone surrogate has no UTF-8 form
+        (T.String(False, True), "a\udfffb"),
         (T.Bytes(True, False), "str"),
         (T.Array(T.INT32, True, False), "abc"),
     ],

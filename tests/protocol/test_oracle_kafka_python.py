@@ -253,6 +253,30 @@ def test_json_oracle(case):
         assert ours == theirs, mode
 
 
+# kafka-python's own defaults that differ from the spec on purpose (its json_patch):
+KP_DEFAULT_PATCHES = {
+    # ListOffsetsRequest.ReplicaId has no default in the spec (0); kafka-python
+    # patches it to -1 (a consumer) for convenience.
+    (ApiKey.LIST_OFFSETS, "request"): {"replica_id": -1},
+}
+
+
+@pytest.mark.parametrize("case", JSON_CASES, ids=_case_id)
+def test_json_oracle_defaults(case):
+    """An object kafka-python builds from its own defaults decodes to our defaults."""
+    key, kind, version = case
+    cls = JSON_CLASSES[(key, kind)]
+    obj = cls(version=version)
+    if kind == "request":
+        obj.with_header(correlation_id=CID, client_id=CLIENT_ID)
+    else:
+        obj.with_header(correlation_id=CID)
+    decoded = _ours_decode(key, kind, version, bytes(obj.encode(header=True)))
+    expected = tc.defaults_body(_schema(key, kind), version)
+    expected.update(KP_DEFAULT_PATCHES.get((key, kind), {}))
+    assert decoded == expected
+
+
 # ---------------------------------------------------------------------------
 # Oracle 2: kafka-python's legacy hand-written Struct schemas
 # ---------------------------------------------------------------------------
