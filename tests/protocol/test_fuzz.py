@@ -152,6 +152,53 @@ def test_random_bodies_roundtrip(api_kind, data):
     assert again == wire
 
 
+_JUNK = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats() | st.text(max_size=5)
+    | st.binary(max_size=5) | st.sampled_from(["\ud800", uuid.UUID(int=5), object()]),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=3), inner, max_size=3),
+    max_leaves=6,
+)
+
+
+def _paths(value, prefix=()):
+    yield prefix
+    if isinstance(value, dict):
+        for k, v in value.items():
+            yield from _paths(v, prefix + (k,))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            yield from _paths(v, prefix + (i,))
+
+
+def _replace(value, path, new):
+    if not path:
+        return new
+    head, rest = path[0], path[1:]
+    if isinstance(value, dict):
+        return {**value, head: _replace(value[head], rest, new)}
+    out = list(value)
+    out[head] = _replace(out[head], rest, new)
+    return out
+
+
+@settings(FAST, max_examples=600)
+@given(pair=st.sampled_from(list(tc.all_pairs())), kind=st.sampled_from(["request", "response"]), data=st.data())
+def test_encoding_wrong_values_raises_only_protocol_error(pair, kind, data):
+    """A body with one value anywhere replaced by junk either encodes or raises ProtocolError."""
+    key, version = pair
+    msg = request_schema(key) if kind == "request" else response_schema(key)
+    body = data.draw(body_strategy(msg, version), label="body")
+    path = data.draw(st.sampled_from(list(_paths(body))), label="path")
+    body = _replace(body, path, data.draw(_JUNK, label="junk"))
+    try:
+        if kind == "request":
+            encode_request(key, version, body, correlation_id=1)
+        else:
+            encode_response(RequestHeader(key, version, 1), body)
+    except ProtocolError:
+        pass
+
+
 # ---------------------------------------------------------------------------
 # Hostile input
 # ---------------------------------------------------------------------------
