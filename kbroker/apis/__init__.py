@@ -58,6 +58,7 @@ _MODULES = (
     "list_offsets",
     "topics",
     "producer_ids",
+    "groups",
     "configs",
     "cluster",
     "records",

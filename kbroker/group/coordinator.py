@@ -36,7 +36,6 @@ log = logging.getLogger("kbroker.group")
 
 OFFSETS_TOPIC = "__consumer_offsets"
 _LOAD_READ_BYTES = 1 << 20
-_MAX_INTERNAL_BATCH = (1 << 31) - 1
 
 
 class Waiter:
@@ -192,10 +191,12 @@ class GroupCoordinator:
             if part is None:
                 log.error("%s-%d is not hosted here; %d records lost", OFFSETS_TOPIC, index, len(kvs))
                 continue
+            # Internal writes skip Produce's client-facing checks: straight to the log.
             batch = bytearray(encode_batch(kvs))
-            res = part.append_records(batch, max_message_bytes=_MAX_INTERNAL_BATCH, log_append_time_ms=None)
-            if res.error != ErrorCode.NONE:
-                log.error("append to %s-%d failed: %s %s", OFFSETS_TOPIC, index, res.error.name, res.message or "")
+            part.log.append(batch, assign_offsets=True, leader_epoch=part.leader_epoch)
+            wake = getattr(part, "_wake", None)  # long-polling fetches of __consumer_offsets
+            if wake is not None:
+                wake()
 
     async def ensure_topic(self) -> ErrorCode:
         """Create ``__consumer_offsets`` on first use; COORDINATOR_NOT_AVAILABLE if that fails."""
