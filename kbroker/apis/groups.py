@@ -13,6 +13,9 @@ that depend on the version:
 * OffsetFetch v8+ batches groups; older versions have a top-level error
   (v2+) and name one group.
 * DescribeGroups v6 reports unknown groups as GROUP_ID_NOT_FOUND.
+
+KIP-848 (ConsumerGroupHeartbeat, ConsumerGroupDescribe) is registered only
+when :data:`SERVE_CONSUMER_PROTOCOL` is set.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from protocol import ApiKey, ErrorCode
 from ..group.coordinator import coordinator_for
 from ..group.state import (
     CommitPartition,
+    ConsumerHeartbeatRequest,
     CommitRequest,
     HeartbeatRequest,
     JoinRequest,
@@ -41,6 +45,8 @@ GROUP_KEY = 0
 TRANSACTION_KEY = 1
 # ACL operations a group supports: READ (3), DELETE (6), DESCRIBE (8).
 GROUP_AUTHORIZED_OPERATIONS = (1 << 3) | (1 << 6) | (1 << 8)
+# Serve the KIP-848 consumer group protocol (group.protocol=consumer).
+SERVE_CONSUMER_PROTOCOL = True
 
 
 def _client_host() -> str:
@@ -401,3 +407,55 @@ async def delete_groups(broker, header, body):
         return {"throttle_time_ms": 0, "results": [{"group_id": g, "error_code": err} for g in body.groups_names]}
     answers = await coord.delete_groups(list(body.groups_names))
     return {"throttle_time_ms": 0, "results": [{"group_id": g, "error_code": e} for g, e in answers]}
+
+
+# ============================================================ KIP-848
+
+
+async def consumer_group_heartbeat(broker, header, body):
+    v = header.api_version
+    coord = coordinator_for(broker)
+    err = await coord.ensure_topic()
+    if err:
+        return {"throttle_time_ms": 0, "error_code": err, "error_message": None, "member_id": None,
+                "member_epoch": -1, "heartbeat_interval_ms": 0, "assignment": None}
+    req = ConsumerHeartbeatRequest(
+        group_id=body.group_id,
+        member_id=body.member_id,
+        member_epoch=body.member_epoch,
+        instance_id=body.instance_id,
+        rack_id=body.rack_id,
+        rebalance_timeout_ms=body.rebalance_timeout_ms,
+        subscribed_topic_names=None if body.subscribed_topic_names is None else list(body.subscribed_topic_names),
+        subscribed_topic_regex=body.subscribed_topic_regex if v >= 1 else None,
+        server_assignor=body.server_assignor,
+        owned=None if body.topic_partitions is None else [
+            (tp.topic_id, list(tp.partitions)) for tp in body.topic_partitions],
+        client_id=header.client_id or "",
+        client_host=_client_host(),
+        version=v,
+    )
+    resp = await coord.consumer_heartbeat(req)
+    return {"throttle_time_ms": 0, **resp}
+
+
+async def consumer_group_describe(broker, header, body):
+    coord = coordinator_for(broker)
+    ops = GROUP_AUTHORIZED_OPERATIONS if body.include_authorized_operations else INT_MIN
+    out = []
+    for gid in body.group_ids:
+        d = await coord.consumer_group_describe(gid)
+        if d is None:
+            known = gid in coord.state.groups
+            d = {"error_code": ErrorCode.GROUP_ID_NOT_FOUND,
+                 "error_message": f"Group {gid} is not a consumer group." if known else f"Group {gid} not found.",
+                 "group_id": gid, "group_state": "Dead", "group_epoch": -1, "assignment_epoch": -1,
+                 "assignor_name": "", "members": []}
+        d["authorized_operations"] = ops
+        out.append(d)
+    return {"throttle_time_ms": 0, "groups": out}
+
+
+if SERVE_CONSUMER_PROTOCOL:
+    handles(ApiKey.CONSUMER_GROUP_HEARTBEAT)(consumer_group_heartbeat)
+    handles(ApiKey.CONSUMER_GROUP_DESCRIBE)(consumer_group_describe)

@@ -52,6 +52,24 @@ class Waiter:
         return self.response
 
 
+class ImageTopics:
+    """The broker's metadata image as the state machine's view of topics."""
+
+    def __init__(self, image):
+        self.image = image
+
+    def lookup(self, name):
+        t = self.image.topics.get(name)
+        return (t.topic_id, len(t.partitions)) if t is not None else None
+
+    def name_of(self, topic_id):
+        t = self.image.topics_by_id.get(topic_id)
+        return t.name if t is not None else None
+
+    def names(self):
+        return self.image.topics.keys()
+
+
 def _now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -271,6 +289,13 @@ class GroupCoordinator:
     async def describe_group(self, group_id):
         self.ensure_started()
         return self.state.describe_group(group_id)
+
+    async def consumer_heartbeat(self, req):
+        return self._now_op(self.state.consumer_heartbeat, req, topics=ImageTopics(self.broker.image))
+
+    async def consumer_group_describe(self, group_id):
+        self.ensure_started()
+        return self.state.consumer_group_describe(group_id, ImageTopics(self.broker.image))
 
     async def delete_groups(self, group_ids):
         self.ensure_started()

@@ -48,6 +48,13 @@ from .classic import (
     join_error,
     sync_error,
 )
+from .consumer import (
+    ConsumerGroup,
+    ConsumerGroupsMixin,
+    ConsumerHeartbeatRequest,
+    StaticTopics,
+    tombstones_for_group,
+)
 from .records import (
     CoordinatorRecord,
     OffsetAndMetadata,
@@ -75,6 +82,10 @@ class GroupConfig:
     offset_metadata_max_bytes: int = 4096
     offsets_retention_ms: int = 10080 * 60 * 1000
     offsets_retention_check_interval_ms: int = 600000
+    consumer_session_timeout_ms: int = 45000
+    consumer_heartbeat_interval_ms: int = 5000
+    consumer_max_size: int = INT_MAX
+    consumer_assignors: tuple = ("uniform", "range")
 
     @classmethod
     def from_broker_config(cls, config) -> "GroupConfig":
@@ -92,6 +103,10 @@ class GroupConfig:
             offset_metadata_max_bytes=get("offset.metadata.max.bytes", 4096),
             offsets_retention_ms=get("offsets.retention.minutes", 10080) * 60 * 1000,
             offsets_retention_check_interval_ms=get("offsets.retention.check.interval.ms", 600000),
+            consumer_session_timeout_ms=get("group.consumer.session.timeout.ms", 45000),
+            consumer_heartbeat_interval_ms=get("group.consumer.heartbeat.interval.ms", 5000),
+            consumer_max_size=get("group.consumer.max.size", INT_MAX),
+            consumer_assignors=tuple(get("group.consumer.assignors", ["uniform", "range"])),
         )
 
 
@@ -192,7 +207,7 @@ def _sync_ok(group: ClassicGroup, assignment: bytes) -> dict:
     }
 
 
-class GroupCoordinatorState:
+class GroupCoordinatorState(ConsumerGroupsMixin):
     """All groups and offsets of this coordinator (every ``__consumer_offsets`` partition)."""
 
     def __init__(self, config: GroupConfig | None = None, *, new_uuid: Callable[[], str] | None = None):
@@ -249,6 +264,14 @@ class GroupCoordinatorState:
             return res
         unknown_member = req.member_id == ""
         group = self.groups.get(req.group_id)
+        if isinstance(group, ConsumerGroup):
+            if group.members:
+                # Classic members cannot join a group run by the consumer protocol (no online migration).
+                res.response = join_error(ErrorCode.INCONSISTENT_GROUP_PROTOCOL, req.member_id)
+                return res
+            self._delete_consumer_group_records(group)
+            del self.groups[req.group_id]
+            group = None
         is_new_group = group is None
         if group is None:
             if not unknown_member:
@@ -710,10 +733,12 @@ class GroupCoordinatorState:
                 res.response = all_failed(code)
                 return res
         err = group.validate_offset_commit(req.member_id, req.group_instance_id, req.generation_id)
+        if err == ErrorCode.STALE_MEMBER_EPOCH and req.version < 9:
+            err = ErrorCode.UNSUPPORTED_VERSION
         if err:
             res.response = all_failed(err)
             return res
-        if group.state in (STABLE, PREPARING_REBALANCE):
+        if isinstance(group, ClassicGroup) and group.state in (STABLE, PREPARING_REBALANCE):
             member = group.members.get(req.member_id)
             if member is not None:
                 self._reschedule_heartbeat(group, member)
@@ -760,6 +785,10 @@ class GroupCoordinatorState:
         self.now = now
         group = self.groups.get(group_id)
         known = group is not None and group.state is not DEAD
+        if isinstance(group, ConsumerGroup):
+            err = group.validate_offset_fetch(member_id, member_epoch)
+            if err:
+                return err, []
         stored = self.offsets.get(group_id, {}) if known else {}
         result = []
         if topics is None:
@@ -826,9 +855,15 @@ class GroupCoordinatorState:
         for gid in list(self.groups):
             group = self.groups[gid]
             all_gone = self._cleanup_expired_offsets(gid)
-            if all_gone and isinstance(group, ClassicGroup) and group.state is EMPTY:
+            if not all_gone:
+                continue
+            if isinstance(group, ClassicGroup) and group.state is EMPTY:
                 self._record(group_tombstone(gid))
                 group.state = DEAD
+                del self.groups[gid]
+            elif isinstance(group, ConsumerGroup) and not group.members:
+                for rec in tombstones_for_group(gid):
+                    self._record(rec)
                 del self.groups[gid]
 
     def _cleanup_expired_offsets(self, group_id: str) -> bool:
@@ -924,9 +959,12 @@ class GroupCoordinatorState:
                 for p in list(parts):
                     self._record(offset_tombstone(gid, topic, p))
             self.offsets.pop(gid, None)
-            self._record(group_tombstone(gid))
-            self._drop_group_timers(gid, group)
-            group.state = DEAD
+            if isinstance(group, ConsumerGroup):
+                self._delete_consumer_group_records(group)
+            else:
+                self._record(group_tombstone(gid))
+                self._drop_group_timers(gid, group)
+                group.state = DEAD
             del self.groups[gid]
             answers.append((gid, ErrorCode.NONE))
         res.response = answers
@@ -941,6 +979,8 @@ class GroupCoordinatorState:
     # ================================================================== loading
     def replay(self, key_name: str, key, value) -> None:
         """Apply one stored record (decoded); used when loading ``__consumer_offsets``."""
+        if self._replay_consumer(key_name, key, value):
+            return
         if key_name in ("OffsetCommitKey", "LegacyOffsetCommitKey"):
             gid, topic, partition = key.group, key.topic, key.partition
             if value is None:
@@ -982,12 +1022,21 @@ class GroupCoordinatorState:
             group.leader_id = value.leader
             group.subscribed_topics = group.compute_subscribed_topics()
             self.groups[gid] = group
-        # Records of other group types (KIP-848 consumer groups, streams, share) are not served yet.
+        # Records of other group types (streams, share) are not served: skipped.
 
     def on_loaded(self, now: int) -> Result:
         """After replay: start session timers; shrink groups above group.max.size."""
         res = self._begin(now)
         for group in list(self.groups.values()):
+            if isinstance(group, ConsumerGroup):
+                for m in group.members.values():
+                    self._schedule_consumer_session(group, m)
+                    if m.state.name == "UNREVOKED_PARTITIONS":
+                        gid, mid, epoch = group.group_id, m.member_id, m.member_epoch
+                        self.timers.schedule(("consumer-rebalance", gid, mid), now + max(m.rebalance_timeout_ms, 0),
+                                             lambda gid=gid, mid=mid, epoch=epoch:
+                                             self._consumer_rebalance_timeout(gid, mid, epoch))
+                continue
             if not isinstance(group, ClassicGroup):
                 continue
             for m in group.members.values():
@@ -1010,4 +1059,6 @@ __all__ = [
     "CommitRequest",
     "CommitPartition",
     "Result",
+    "ConsumerHeartbeatRequest",
+    "StaticTopics",
 ]
