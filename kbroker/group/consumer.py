@@ -142,6 +142,8 @@ class ConsumerGroup:
     static_members: dict[str, str] = field(default_factory=dict)
     # Partitions' current owners' epochs: (topic id, partition) -> member epoch.
     owners: dict[tuple, int] = field(default_factory=dict)
+    # Topic names the members subscribe to, regular expressions resolved (as of the last heartbeat).
+    resolved_topics: set[str] | None = None
 
     type_name = "consumer"
     protocol_type = CONSUMER_PROTOCOL_TYPE
@@ -198,7 +200,9 @@ class ConsumerGroup:
         return ErrorCode.NONE
 
     def is_subscribed_to_topic(self, topic: str) -> bool:
-        return topic in self.subscribed_topic_names()
+        if topic in self.subscribed_topic_names():
+            return True
+        return self.resolved_topics is not None and topic in self.resolved_topics
 
     def offset_expiration_base(self):
         return lambda om: om.commit_timestamp
@@ -414,7 +418,7 @@ class _Fail(Exception):
 class ConsumerGroupsMixin:
     """KIP-848 handling; mixed into :class:`~kbroker.group.state.GroupCoordinatorState`."""
 
-    def _hb_response(self, code=ErrorCode.NONE, message=None, member_id=None, epoch=-1, assignment=None):
+    def _hb_response(self, code=ErrorCode.NONE, message=None, member_id=None, epoch=0, assignment=None):
         return {
             "error_code": code,
             "error_message": message,
@@ -565,6 +569,7 @@ class ConsumerGroupsMixin:
 
         # -- group epoch: subscriptions and the subscribed topics' partitions ----------------
         names = group.subscribed_topic_names(topics)
+        group.resolved_topics = names
         sig_hash = signature_hash(metadata_signature(names, topics))
         if sig_hash != group.metadata_hash:
             group.metadata_hash = sig_hash

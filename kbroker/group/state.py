@@ -272,6 +272,7 @@ class GroupCoordinatorState(ConsumerGroupsMixin):
             self._delete_consumer_group_records(group)
             del self.groups[req.group_id]
             group = None
+        records_before = len(res.records)
         is_new_group = group is None
         if group is None:
             if not unknown_member:
@@ -286,7 +287,7 @@ class GroupCoordinatorState(ConsumerGroupsMixin):
             self._join_new_member(group, req, waiter)
         else:
             self._join_existing_member(group, req, waiter)
-        if is_new_group and not res.records:
+        if is_new_group and len(res.records) == records_before:
             # Persist the new (empty) group so it survives a restart.
             self._record(empty_group_metadata_record(group))
         return res

@@ -241,3 +241,21 @@ def test_classic_join_to_empty_consumer_group_converts():
     # And the other way: a consumer heartbeat to a non-empty classic group is refused.
     h.join("cg", w.response["member_id"])
     assert hb(h, "m5", 0)["error_code"] == E.GROUP_ID_NOT_FOUND
+
+
+def test_regex_subscribed_topics_count_for_offsets():
+    h = Harness()
+    hb(h, "m1", 0, topics=None, regex="t1")
+    assert h.group("cg").is_subscribed_to_topic("t1")
+    assert not h.group("cg").is_subscribed_to_topic("t2")
+
+
+def test_join_converting_empty_consumer_group_persists_the_new_group():
+    h = Harness()
+    hb(h, "m1", 0)
+    hb(h, "m1", -1)
+    n = len(h.records)
+    h.join("cg")
+    new = h.records[n:]
+    assert [r.key_name for r in new][-1] == "GroupMetadataKey" and new[-1].value is not None
+    assert any(r.key_name == "ConsumerGroupMetadataKey" and r.is_tombstone for r in new)
