@@ -81,6 +81,7 @@ class GroupCoordinator:
         self.state = GroupCoordinatorState(self.config)
         self.clock = clock
         self._wakeup = trio.Event()
+        self._sleeping_until: int | None = None  # the timer task's deadline; -1 while it runs
         self._started = False
         self._create_lock = trio.Lock()
 
@@ -161,6 +162,7 @@ class GroupCoordinator:
         while True:
             self._wakeup = trio.Event()
             deadline = self.state.next_deadline()
+            self._sleeping_until = deadline
             if deadline is None:
                 await self._wakeup.wait()
                 continue
@@ -169,6 +171,7 @@ class GroupCoordinator:
                 with trio.move_on_after(delay):
                     await self._wakeup.wait()
                 continue
+            self._sleeping_until = -1  # running: anything new is looked at on the next pass
             try:
                 res = self.state.tick(self.clock())
             except Exception:
@@ -188,7 +191,13 @@ class GroupCoordinator:
             if waiter is not None:
                 waiter.response = response
                 waiter.event.set()
-        self._wakeup.set()
+        # Wake the timer task only if a deadline now comes before the one it sleeps until.
+        asleep = self._sleeping_until
+        if asleep is not None and asleep < 0:
+            return
+        deadline = self.state.next_deadline()
+        if deadline is not None and (asleep is None or deadline < asleep):
+            self._wakeup.set()
 
     def num_partitions(self) -> int:
         t = self.broker.image.topics.get(OFFSETS_TOPIC)
