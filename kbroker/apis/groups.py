@@ -227,8 +227,8 @@ async def offset_commit(broker, header, body):
         image_topic = broker.image.topics.get(name) if name else None
         rows = []
         for p in t.partitions:
-            if image_topic is None or p.partition_index not in image_topic.partitions:
-                rows.append((p.partition_index, missing if image_topic is None else ErrorCode.UNKNOWN_TOPIC_OR_PARTITION))
+            if image_topic is None:  # like Kafka, only the topic is checked, not the partition index
+                rows.append((p.partition_index, missing))
                 continue
             rows.append((p.partition_index, None))
             to_commit.setdefault(name, []).append(
