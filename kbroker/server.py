@@ -109,6 +109,7 @@ class Connection:
             return None
         except ProtocolError as e:
             log.warning("closing connection from %s:%s: malformed request: %s", *self.peer[:2], e)
+            log.debug("the malformed request began with %s", bytes(frame[:256]).hex())
             return None
 
     async def _process(self, requests_recv, responses_send) -> None:

@@ -130,8 +130,13 @@ def peek_header(frame) -> tuple[int, int, int]:
     return _HEAD.unpack_from(frame, 0)
 
 
-def decode_request(frame) -> tuple[RequestHeader, Any]:
+def decode_request(frame, *, strict: bool = False) -> tuple[RequestHeader, Any]:
     """Decode a request frame (without its size prefix) into (header, body).
+
+    Bytes after the body are ignored unless ``strict``: Kafka's own parser
+    stops at the end of the message, and real clients rely on it (librdkafka
+    2.x sends three extra bytes with an all-topics Metadata v13 request).
+    Tools checking a client's exact encoding pass ``strict=True``.
 
     Raises :class:`UnsupportedVersion` for an unknown API key or version, and
     :class:`ProtocolError` for anything malformed.
@@ -158,7 +163,7 @@ def decode_request(frame) -> tuple[RequestHeader, Any]:
     hv = 2 if _is_flexible(info.request_flexible, api_version) else 1
     h = _REQUEST_HEADER.decode(reader, hv, exact=False)
     header = RequestHeader(api_key, api_version, correlation_id, h.client_id, h.get(T.UNKNOWN_TAGS))
-    body = _module(api_key).REQUEST.decode(reader, api_version)
+    body = _module(api_key).REQUEST.decode(reader, api_version, exact=strict)
     return header, body
 
 

@@ -359,3 +359,13 @@ async def test_deleted_topic_stays_deleted_after_restart(tmp_path):
         broker = await start(n, config)
         assert "gone" not in broker.image.topics
         n.cancel_scope.cancel()
+
+
+async def test_librdkafka_all_topics_metadata_with_trailing_bytes_is_answered(broker):
+    # librdkafka 2.16's AdminClient.list_topics() sends Metadata v13 with three
+    # bytes after the message; Kafka ignores them, and so must we.
+    frame = bytes.fromhex("0003000d00000003000772646b61666b610000000000010000")
+    s = await trio.open_tcp_stream("127.0.0.1", broker.port)
+    await s.send_all(struct.pack(">i", len(frame)) + frame)
+    corr, body = decode_response(ApiKey.METADATA, 13, await Client(s).receive_frame())
+    assert corr == 3 and body.brokers[0].node_id == broker.node_id

@@ -54,7 +54,9 @@ async def handle(broker, header, body):
                 )
             else:
                 err, ts, off = _lookup(part, rp.timestamp)
-                entry.update(error_code=err, timestamp=ts, offset=off, leader_epoch=part.leader_epoch if off >= 0 else -1)
+                # leader_epoch exists from v4 on; older versions must leave it at its default.
+                epoch = part.leader_epoch if off >= 0 and header.api_version >= 4 else -1
+                entry.update(error_code=err, timestamp=ts, offset=off, leader_epoch=epoch)
             parts.append(entry)
         topics.append({"name": topic.name, "partitions": parts})
     return {"throttle_time_ms": 0, "topics": topics}

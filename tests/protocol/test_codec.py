@@ -844,11 +844,14 @@ def test_badly_sized_tagged_fields_are_refused(tags):
         response_schema(ApiKey.API_VERSIONS).decode(data, 3)
 
 
-def test_trailing_bytes_are_refused():
+def test_trailing_bytes_are_refused_when_strict_and_ignored_otherwise():
     data = encode_request(ApiKey.HEARTBEAT, 4, {"group_id": "g"}, correlation_id=1)
-    decode_request(data[4:])
+    decode_request(data[4:], strict=True)
     with pytest.raises(ProtocolError, match="unexpected bytes"):
-        decode_request(data[4:] + b"\x00")
+        decode_request(data[4:] + b"\x00", strict=True)
+    # Like Kafka, the broker side stops reading at the end of the message.
+    _, body = decode_request(data[4:] + b"\x01\x00\x00")
+    assert body.group_id == "g"
     resp = encode_response(RequestHeader(ApiKey.HEARTBEAT, 2, 5), {})
     decode_response(ApiKey.HEARTBEAT, 2, resp[4:])
     with pytest.raises(ProtocolError):

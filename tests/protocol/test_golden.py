@@ -75,7 +75,7 @@ def _id(c):
 def test_request_decodes_and_reencodes_identically(capture):
     client, req_path, _, key, version = capture
     data = req_path.read_bytes()
-    header, body = decode_request(bytearray(data))  # exact: trailing bytes would raise
+    header, body = decode_request(bytearray(data), strict=True)  # trailing bytes would raise
     assert (header.api_key, header.api_version) == (key, version)
     assert header.tagged_fields is None
     again = encode_request(key, version, body, correlation_id=header.correlation_id, client_id=header.client_id)
