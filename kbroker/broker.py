@@ -20,6 +20,7 @@ import trio
 from . import metadata_log
 from .config import Config
 from .controller.controller import Controller
+from .group.coordinator import GroupCoordinator
 from .log.config import LogConfig, validate_topic_config
 from .log.manager import LogManager
 from .metadata.image import BROKER_RESOURCE, TOPIC_RESOURCE, MetadataImage
@@ -65,6 +66,7 @@ class Broker:
         self.started_at = time.time()
         self._producer_ids_next = 0
         self._producer_ids_end = 0
+        self.groups = GroupCoordinator(self)
 
     # -- lifecycle ---------------------------------------------------------------
     async def start(self, nursery: trio.Nursery) -> None:
@@ -85,6 +87,7 @@ class Broker:
         self._apply_dynamic_config()
         await self._register()
         self._sync_partitions()
+        await self.groups.start(nursery)
         nursery.start_soon(self.logs.run_retention, self.config["log.retention.check.interval.ms"])
         nursery.start_soon(self.logs.run_cleaner, 15000)
         nursery.start_soon(self.logs.run_flusher, 1000)

@@ -123,3 +123,13 @@ class Partition:
         if not info.duplicate:
             self._wake()
         return AppendResult(ErrorCode.NONE, info.first_offset, info.log_append_time, info.log_start_offset)
+
+    def append_internal(self, batch: bytearray) -> int:
+        """Append a batch the broker built itself (coordinator records); returns its base offset.
+
+        It skips Produce's client-facing checks, and wakes long-polling
+        fetches like any other append.
+        """
+        info = self.log.append(batch, assign_offsets=True, leader_epoch=self.leader_epoch)
+        self._wake()
+        return info.first_offset

@@ -26,7 +26,6 @@ import trio
 
 from protocol import ApiKey, ErrorCode
 
-from ..group.coordinator import coordinator_for
 from ..group.state import (
     CommitPartition,
     ConsumerHeartbeatRequest,
@@ -82,7 +81,7 @@ def _endpoint(broker):
 async def _find_one(broker, key: str, key_type: int) -> dict:
     entry = {"key": key, "node_id": -1, "host": "", "port": -1, "error_code": ErrorCode.NONE, "error_message": None}
     if key_type == GROUP_KEY:
-        err = await coordinator_for(broker).ensure_topic()
+        err = await broker.groups.ensure_topic()
         if err:
             entry.update(error_code=err, error_message="The coordinator is not available.")
         else:
@@ -130,7 +129,7 @@ def _join_response(resp: dict, v: int) -> dict:
 @handles(ApiKey.JOIN_GROUP)
 async def join_group(broker, header, body):
     v = header.api_version
-    coord = coordinator_for(broker)
+    coord = broker.groups
     err = await coord.ensure_topic()
     if err:
         return _join_response({"error_code": err, "generation_id": -1, "protocol_name": None, "leader": "",
@@ -155,7 +154,7 @@ async def join_group(broker, header, body):
 @handles(ApiKey.SYNC_GROUP)
 async def sync_group(broker, header, body):
     v = header.api_version
-    coord = coordinator_for(broker)
+    coord = broker.groups
     err = await coord.ensure_topic()
     if err:
         return {"throttle_time_ms": 0, "error_code": err, "assignment": b""}
@@ -177,14 +176,14 @@ async def heartbeat(broker, header, body):
     v = header.api_version
     req = HeartbeatRequest(body.group_id, body.generation_id, body.member_id,
                            body.group_instance_id if v >= 3 else None)
-    resp = await coordinator_for(broker).heartbeat(req)
+    resp = await broker.groups.heartbeat(req)
     return {"throttle_time_ms": 0, "error_code": resp["error_code"]}
 
 
 @handles(ApiKey.LEAVE_GROUP)
 async def leave_group(broker, header, body):
     v = header.api_version
-    coord = coordinator_for(broker)
+    coord = broker.groups
     err = await coord.ensure_topic()
     if v >= 3:
         members = [LeaveMember(m.member_id, m.group_instance_id, m.reason if v >= 5 else None) for m in body.members]
@@ -218,7 +217,7 @@ def _resolve_topic(broker, name, topic_id, by_id: bool):
 async def offset_commit(broker, header, body):
     v = header.api_version
     by_id = v >= 10
-    coord = coordinator_for(broker)
+    coord = broker.groups
     # Per request topic: (wire name, topic id, resolved name, [(partition, error or None)])
     plan = []
     to_commit: dict[str, list] = {}
@@ -313,7 +312,7 @@ def _partition_rows(parts):
 @handles(ApiKey.OFFSET_FETCH)
 async def offset_fetch(broker, header, body):
     v = header.api_version
-    coord = coordinator_for(broker)
+    coord = broker.groups
     require_stable = bool(body.require_stable) if v >= 7 else False
     if v >= 8:
         groups = []
@@ -339,7 +338,7 @@ async def offset_fetch(broker, header, body):
 
 @handles(ApiKey.OFFSET_DELETE)
 async def offset_delete(broker, header, body):
-    coord = coordinator_for(broker)
+    coord = broker.groups
     requested = []
     unknown = {}
     for t in body.topics:
@@ -376,14 +375,14 @@ async def list_groups(broker, header, body):
     v = header.api_version
     states = list(body.states_filter) if v >= 4 else []
     types = list(body.types_filter) if v >= 5 else []
-    groups = await coordinator_for(broker).list_groups(states, types)
+    groups = await broker.groups.list_groups(states, types)
     return {"throttle_time_ms": 0, "error_code": ErrorCode.NONE, "groups": groups}
 
 
 @handles(ApiKey.DESCRIBE_GROUPS)
 async def describe_groups(broker, header, body):
     v = header.api_version
-    coord = coordinator_for(broker)
+    coord = broker.groups
     ops = GROUP_AUTHORIZED_OPERATIONS if v >= 3 and body.include_authorized_operations else INT_MIN
     out = []
     for gid in body.groups:
@@ -401,7 +400,7 @@ async def describe_groups(broker, header, body):
 
 @handles(ApiKey.DELETE_GROUPS)
 async def delete_groups(broker, header, body):
-    coord = coordinator_for(broker)
+    coord = broker.groups
     err = await coord.ensure_topic()
     if err:
         return {"throttle_time_ms": 0, "results": [{"group_id": g, "error_code": err} for g in body.groups_names]}
@@ -414,7 +413,7 @@ async def delete_groups(broker, header, body):
 
 async def consumer_group_heartbeat(broker, header, body):
     v = header.api_version
-    coord = coordinator_for(broker)
+    coord = broker.groups
     err = await coord.ensure_topic()
     if err:
         return {"throttle_time_ms": 0, "error_code": err, "error_message": None, "member_id": None,
@@ -440,7 +439,7 @@ async def consumer_group_heartbeat(broker, header, body):
 
 
 async def consumer_group_describe(broker, header, body):
-    coord = coordinator_for(broker)
+    coord = broker.groups
     ops = GROUP_AUTHORIZED_OPERATIONS if body.include_authorized_operations else INT_MIN
     out = []
     for gid in body.group_ids:

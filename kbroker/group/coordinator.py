@@ -14,8 +14,7 @@ It does the three things the state machine may not:
   trio event plus a response slot) that a later step completes.
 
 Wiring: the broker creates one ``GroupCoordinator(broker)`` and calls
-``await coordinator.start(nursery)`` once its partitions are open.  Until
-the broker does, :func:`coordinator_for` creates and starts one lazily.
+``await coordinator.start(nursery)`` once its partitions are open.
 """
 
 from __future__ import annotations
@@ -93,14 +92,6 @@ class GroupCoordinator:
         self._load()
         self._started = True
         nursery.start_soon(self._run_timers)
-
-    def ensure_started(self) -> None:
-        """Start without a nursery of the broker's (a system task); a no-op once started."""
-        if self._started:
-            return
-        self._load()
-        self._started = True
-        trio.lowlevel.spawn_system_task(self._run_timers, name="kbroker.group.timers")
 
     def _load(self) -> None:
         started = time.monotonic()
@@ -219,15 +210,10 @@ class GroupCoordinator:
                 log.error("%s-%d is not hosted here; %d records lost", OFFSETS_TOPIC, index, len(kvs))
                 continue
             # Internal writes skip Produce's client-facing checks: straight to the log.
-            batch = bytearray(encode_batch(kvs))
-            part.log.append(batch, assign_offsets=True, leader_epoch=part.leader_epoch)
-            wake = getattr(part, "_wake", None)  # long-polling fetches of __consumer_offsets
-            if wake is not None:
-                wake()
+            part.append_internal(bytearray(encode_batch(kvs)))
 
     async def ensure_topic(self) -> ErrorCode:
         """Create ``__consumer_offsets`` on first use; COORDINATOR_NOT_AVAILABLE if that fails."""
-        self.ensure_started()
         if OFFSETS_TOPIC in self.broker.image.topics:
             return ErrorCode.NONE
         async with self._create_lock:
@@ -272,53 +258,35 @@ class GroupCoordinator:
         return res.response
 
     async def heartbeat(self, req):
-        self.ensure_started()
         return self._now_op(self.state.heartbeat, req)
 
     async def leave(self, req):
-        self.ensure_started()
         return self._now_op(self.state.leave, req)
 
     async def commit_offsets(self, req):
         return self._now_op(self.state.commit_offsets, req)
 
     async def fetch_offsets(self, group_id, topics, *, require_stable=False, member_id=None, member_epoch=-1):
-        self.ensure_started()
         return self.state.fetch_offsets(group_id, topics, self.clock(), require_stable=require_stable,
                                         member_id=member_id, member_epoch=member_epoch)
 
     async def delete_offsets(self, group_id, topics):
-        self.ensure_started()
         return self._now_op(self.state.delete_offsets, group_id, topics)
 
     async def list_groups(self, states=(), types=()):
-        self.ensure_started()
         return self.state.list_groups(states, types)
 
     async def describe_group(self, group_id):
-        self.ensure_started()
         return self.state.describe_group(group_id)
 
     async def consumer_heartbeat(self, req):
         return self._now_op(self.state.consumer_heartbeat, req, topics=ImageTopics(self.broker.image))
 
     async def consumer_group_describe(self, group_id):
-        self.ensure_started()
         return self.state.consumer_group_describe(group_id, ImageTopics(self.broker.image))
 
     async def delete_groups(self, group_ids):
-        self.ensure_started()
         return self._now_op(self.state.delete_groups, group_ids)
 
 
-def coordinator_for(broker) -> GroupCoordinator:
-    """The broker's group coordinator, created and started on first use if the broker has none."""
-    coord = getattr(broker, "groups", None)
-    if coord is None:
-        coord = GroupCoordinator(broker)
-        broker.groups = coord
-    coord.ensure_started()
-    return coord
-
-
-__all__ = ["GroupCoordinator", "Waiter", "coordinator_for", "OFFSETS_TOPIC"]
+__all__ = ["GroupCoordinator", "Waiter", "OFFSETS_TOPIC"]

@@ -17,7 +17,7 @@ from protocol.records import decode_records
 from kbroker.apis import dispatch
 from kbroker.broker import Broker
 from kbroker.config import Config
-from kbroker.group.coordinator import OFFSETS_TOPIC, GroupCoordinator, coordinator_for
+from kbroker.group.coordinator import OFFSETS_TOPIC
 from kbroker.group.placement import partition_for
 
 from .harness import subscription
@@ -43,7 +43,7 @@ async def call(broker, api, version, body):
 
 
 def _run(cfg, body_fn, *, wired=False):
-    """Run ``body_fn(broker)``; ``wired``: start the coordinator as broker.py would, else lazily."""
+    """Run ``body_fn(broker)`` against a started broker (its coordinator is started with it)."""
 
     async def main():
         b = Broker(cfg)
@@ -51,9 +51,6 @@ def _run(cfg, body_fn, *, wired=False):
         try:
             async with trio.open_nursery() as nursery:
                 await b.start(nursery)
-                if wired and getattr(b, "groups", None) is None:
-                    b.groups = GroupCoordinator(b)
-                    await b.groups.start(nursery)
                 result = await body_fn(b)
                 nursery.cancel_scope.cancel()
         finally:
@@ -103,7 +100,7 @@ def test_groups_and_offsets_survive_a_restart(tmp_path):
     mid = _run(cfg, first)
 
     async def second(b):
-        coord = coordinator_for(b)
+        coord = b.groups
         g = coord.state.groups["g"]
         assert g.state.value == "Stable" and g.generation_id == 1 and list(g.members) == [mid]
         r = await call(b, ApiKey.OFFSET_FETCH, 8, {"groups": [{"group_id": "g", "topics": None}]})
