@@ -42,7 +42,7 @@ async def call(broker, api, version, body):
     return await dispatch(broker, header, decoded)
 
 
-def _run(cfg, body_fn, *, wired=False):
+def _run(cfg, body_fn):
     """Run ``body_fn(broker)`` against a started broker (its coordinator is started with it)."""
 
     async def main():
@@ -115,7 +115,7 @@ def test_groups_and_offsets_survive_a_restart(tmp_path):
         d = await call(b, ApiKey.DESCRIBE_GROUPS, 5, {"groups": ["g"], "include_authorized_operations": False})
         assert d["groups"][0]["group_state"] == "Empty"
 
-    _run(cfg, second, wired=True)
+    _run(cfg, second)
 
 
 def test_parked_join_is_released_when_the_rebalance_completes(tmp_path):
