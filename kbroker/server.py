@@ -115,13 +115,14 @@ class Connection:
     async def _process(self, requests_recv, responses_send) -> None:
         # Closing the response channel when processing ends lets the writer
         # drain what is queued and stop.
+        apis.client_address.set(self.peer)
         async with responses_send, requests_recv:
             async for header, body in requests_recv:
                 if body is _FALLBACK:
                     response = api_versions_fallback_body()
                 else:
                     try:
-                        response = await apis.dispatch(self.broker, header, body, self)
+                        response = await apis.dispatch(self.broker, header, body)
                     except apis.CloseConnection as e:
                         log.warning("closing connection from %s:%s: %s", *self.peer[:2], e)
                         return

@@ -8,6 +8,7 @@ registered keys, so an API is never advertised before it works.
 
 from __future__ import annotations
 
+import contextvars
 import importlib
 from typing import Awaitable, Callable, NamedTuple
 
@@ -24,6 +25,16 @@ class Handler(NamedTuple):
 
 
 HANDLERS: dict[int, Handler] = {}
+
+# The peer address of the connection whose request is being handled; the
+# server sets it once in each connection's processing task.
+client_address: contextvars.ContextVar[tuple] = contextvars.ContextVar("client_address", default=("", 0))
+
+
+def client_host() -> str:
+    """The requesting client's address as Kafka shows it ("/127.0.0.1")."""
+    host = client_address.get()[0]
+    return f"/{host}" if host else ""
 
 
 def handles(api_key: ApiKey, versions: tuple[int, int] | None = None):
@@ -43,7 +54,7 @@ def api_name(api_key: int) -> str:
         return f"api key {api_key}"
 
 
-async def dispatch(broker, header, body, connection=None):
+async def dispatch(broker, header, body):
     handler = HANDLERS.get(header.api_key)
     if handler is None or not handler.versions[0] <= header.api_version <= handler.versions[1]:
         raise CloseConnection(f"{api_name(header.api_key)} v{header.api_version} is not served")

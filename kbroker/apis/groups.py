@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import uuid
 
-import trio
-
 from protocol import ApiKey, ErrorCode
 
 from ..group.state import (
@@ -36,7 +34,7 @@ from ..group.state import (
     LeaveRequest,
     SyncRequest,
 )
-from . import handles
+from . import client_host, handles
 
 ZERO_UUID = uuid.UUID(int=0)
 INT_MIN = -(1 << 31)
@@ -46,24 +44,6 @@ TRANSACTION_KEY = 1
 GROUP_AUTHORIZED_OPERATIONS = (1 << 3) | (1 << 6) | (1 << 8)
 # Serve the KIP-848 consumer group protocol (group.protocol=consumer).
 SERVE_CONSUMER_PROTOCOL = True
-
-
-def _client_host() -> str:
-    """The requesting client's address as Kafka shows it ("/1.2.3.4").
-
-    Handlers are not handed their connection; the request-processing task
-    belongs to the connection object, whose ``peer`` it reads.  Falls back
-    to "" if that ever changes.
-    """
-    try:
-        frame = trio.lowlevel.current_task().coro.cr_frame
-        conn = frame.f_locals.get("self") if frame is not None else None
-        peer = getattr(conn, "peer", None)
-        if peer and peer[0] != "?":
-            return "/" + str(peer[0])
-    except Exception:
-        pass
-    return ""
 
 
 # ============================================================ FindCoordinator
@@ -144,7 +124,7 @@ async def join_group(broker, header, body):
         session_timeout_ms=body.session_timeout_ms,
         rebalance_timeout_ms=rebalance_timeout,
         client_id=header.client_id or "",
-        client_host=_client_host(),
+        client_host=client_host(),
         version=v,
         reason=body.reason if v >= 8 else None,
     )
@@ -431,7 +411,7 @@ async def consumer_group_heartbeat(broker, header, body):
         owned=None if body.topic_partitions is None else [
             (tp.topic_id, list(tp.partitions)) for tp in body.topic_partitions],
         client_id=header.client_id or "",
-        client_host=_client_host(),
+        client_host=client_host(),
         version=v,
     )
     resp = await coord.consumer_heartbeat(req)
