@@ -369,3 +369,12 @@ async def test_librdkafka_all_topics_metadata_with_trailing_bytes_is_answered(br
     await s.send_all(struct.pack(">i", len(frame)) + frame)
     corr, body = decode_response(ApiKey.METADATA, 13, await Client(s).receive_frame())
     assert corr == 3 and body.brokers[0].node_id == broker.node_id
+
+
+async def test_transactional_ids_get_a_clear_non_retriable_error(broker):
+    c = await Client.connect(broker.port)
+    r = await c.call(ApiKey.FIND_COORDINATOR, 4, {"key_type": 1, "coordinator_keys": ["tx"]})
+    entry = r.coordinators[0]
+    assert entry.error_code == ErrorCode.TRANSACTIONAL_ID_AUTHORIZATION_FAILED
+    assert not ErrorCode(entry.error_code).retriable
+    assert "transactions" in entry.error_message

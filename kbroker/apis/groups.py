@@ -68,8 +68,10 @@ async def _find_one(broker, key: str, key_type: int) -> dict:
             host, port = _endpoint(broker)
             entry.update(node_id=broker.node_id, host=host, port=port)
     elif key_type == TRANSACTION_KEY:
-        entry.update(error_code=ErrorCode.COORDINATOR_NOT_AVAILABLE,
-                     error_message="Transactions are not supported yet.")
+        # Not retriable on purpose: a transactional producer fails at once with
+        # this message instead of retrying until its timeout.
+        entry.update(error_code=ErrorCode.TRANSACTIONAL_ID_AUTHORIZATION_FAILED,
+                     error_message="kbroker does not support transactions yet.")
     else:
         entry.update(error_code=ErrorCode.INVALID_REQUEST, error_message=f"Unknown coordinator key type {key_type}.")
     return entry
