@@ -25,10 +25,8 @@ Some settings are spelled several ways (``log.retention.ms`` /
 the way Kafka does, so ``config["log.retention.ms"]`` is always the effective
 retention in milliseconds.
 
-:data:`TOPIC_CONFIGS` is the table of topic-level settings (``retention.ms``,
-``segment.bytes``...), each linked to the broker setting that supplies its
-default; :meth:`Config.topic_defaults` and :func:`validate_topic_config`
-serve CreateTopics / AlterConfigs / DescribeConfigs for topics.
+Topic-level settings (``retention.ms``, ``segment.bytes``...) have their own
+table, beside the log that obeys them: :mod:`kbroker.log.config`.
 """
 
 from __future__ import annotations
@@ -40,9 +38,10 @@ import socket
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator, Mapping, NamedTuple, Optional
 
+from .log.config import TOPIC_CONFIGS_BY_NAME
+
 __all__ = [
     "BROKER_CONFIGS",
-    "TOPIC_CONFIGS",
     "Config",
     "ConfigDef",
     "ConfigError",
@@ -50,7 +49,6 @@ __all__ = [
     "Synonym",
     "parse_listeners",
     "parse_properties",
-    "validate_topic_config",
 ]
 
 log = logging.getLogger("kbroker.config")
@@ -499,72 +497,6 @@ _ALIASES: dict[str, str] = {
     "log.roll.jitter.hours": "log.roll.jitter.ms",
 }
 
-# Topic-level settings: name -> (definition, broker setting giving the default).
-_T = ConfigDef
-
-
-def _topic(name: str, broker_key: Optional[str], type_: Optional[str] = None,
-           validator: Optional[Validator] = _UNSET, default: Any = _UNSET) -> tuple[str, ConfigDef, Optional[str]]:
-    base = BROKER_CONFIGS.get(broker_key) if broker_key else None
-    t = type_ or (base.type if base else "string")
-    v = (base.validator if base else None) if validator is _UNSET else validator
-    d = default if default is not _UNSET else None
-    return name, ConfigDef(name, t, d, v, CLUSTER_WIDE, nullable=False), broker_key
-
-
-_TOPIC_ROWS = [
-    _topic("cleanup.policy", "log.cleanup.policy"),
-    _topic("compression.type", "compression.type"),
-    _topic("compression.gzip.level", "compression.gzip.level"),
-    _topic("compression.lz4.level", "compression.lz4.level"),
-    _topic("compression.zstd.level", "compression.zstd.level"),
-    _topic("delete.retention.ms", "log.cleaner.delete.retention.ms"),
-    _topic("file.delete.delay.ms", "log.segment.delete.delay.ms"),
-    _topic("flush.messages", "log.flush.interval.messages"),
-    _topic("flush.ms", "log.flush.interval.ms", "long", _ms),
-    _topic("index.interval.bytes", "log.index.interval.bytes"),
-    _topic("max.compaction.lag.ms", "log.cleaner.max.compaction.lag.ms"),
-    _topic("max.message.bytes", "message.max.bytes"),
-    _topic("message.timestamp.type", "log.message.timestamp.type"),
-    _topic("message.timestamp.before.max.ms", "log.message.timestamp.before.max.ms"),
-    _topic("message.timestamp.after.max.ms", "log.message.timestamp.after.max.ms"),
-    _topic("min.cleanable.dirty.ratio", "log.cleaner.min.cleanable.ratio"),
-    _topic("min.compaction.lag.ms", "log.cleaner.min.compaction.lag.ms"),
-    _topic("min.insync.replicas", "min.insync.replicas"),
-    _topic("preallocate", "log.preallocate"),
-    _topic("retention.bytes", "log.retention.bytes"),
-    _topic("retention.ms", "log.retention.ms", "long", at_least(-1)),
-    _topic("segment.bytes", "log.segment.bytes"),
-    _topic("segment.index.bytes", "log.index.size.max.bytes"),
-    _topic("segment.jitter.ms", "log.roll.jitter.ms", "long", _ms),
-    _topic("segment.ms", "log.roll.ms", "long", _pos),
-    _topic("unclean.leader.election.enable", "unclean.leader.election.enable"),
-    _topic("local.retention.bytes", None, "long", at_least(-2), default=-2),
-    _topic("local.retention.ms", None, "long", at_least(-2), default=-2),
-    _topic("remote.storage.enable", None, "bool", None, default=False),
-    _topic("follower.replication.throttled.replicas", None, "list", None, default=[]),
-    _topic("leader.replication.throttled.replicas", None, "list", None, default=[]),
-]
-
-#: Topic-level settings (CreateTopics / AlterConfigs on a topic).
-TOPIC_CONFIGS: dict[str, ConfigDef] = {name: d for name, d, _ in _TOPIC_ROWS}
-#: topic setting -> the broker setting that supplies its default (or None).
-TOPIC_BROKER_SYNONYMS: dict[str, Optional[str]] = {name: b for name, _, b in _TOPIC_ROWS}
-
-
-def validate_topic_config(name: str, raw: Any) -> Any:
-    """Parse and validate one topic-level setting; ConfigError if unknown or bad."""
-    d = TOPIC_CONFIGS.get(name)
-    if d is None:
-        raise ConfigError(f"unknown topic config {name!r}" + _suggest(name, TOPIC_CONFIGS))
-    if raw is None:
-        raise ConfigError(f"{name}: a value is required")
-    value = d.parse(raw)
-    if name == "cleanup.policy" and not value:
-        raise ConfigError(f"{name}: must not be empty")
-    return value
-
-
 # ---------------------------------------------------------------------------
 # Listeners.
 # ---------------------------------------------------------------------------
@@ -746,9 +678,9 @@ def _check_key(name: str) -> ConfigDef:
         return d
     if name.startswith("zookeeper.") or name == "zookeeper":
         raise ConfigError(f"{name}: ZooKeeper is gone in Kafka 4.x and kbroker never had it; remove this setting")
-    if name in TOPIC_BROKER_SYNONYMS:
-        broker_key = TOPIC_BROKER_SYNONYMS[name]
-        hint = f"; the broker-wide default is {broker_key!r}" if broker_key else ""
+    topic = TOPIC_CONFIGS_BY_NAME.get(name)
+    if topic is not None:
+        hint = f"; the broker-wide default is {topic.synonyms[0].name!r}" if topic.synonyms else ""
         raise ConfigError(f"{name}: this is a topic-level config, not a broker config{hint}")
     raise ConfigError(f"unknown config {name!r}" + _suggest(name, BROKER_CONFIGS))
 
@@ -994,32 +926,6 @@ class Config(Mapping[str, Any]):
         if name:
             return name.upper()
         return self["security.inter.broker.protocol"]
-
-    def topic_defaults(self) -> dict[str, Any]:
-        """Default value of every topic-level setting, from the broker settings."""
-        out: dict[str, Any] = {}
-        for name, d in TOPIC_CONFIGS.items():
-            broker_key = TOPIC_BROKER_SYNONYMS[name]
-            if broker_key is None:
-                out[name] = d.default
-            elif name == "flush.ms":
-                value = self["log.flush.interval.ms"]
-                out[name] = LONG_MAX if value is None else value
-            elif name == "segment.jitter.ms":
-                out[name] = self["log.roll.jitter.ms"] or 0
-            else:
-                out[name] = self[broker_key]
-        return out
-
-    def topic_default_source(self, topic_config: str) -> tuple[str, Optional[str], str]:
-        """(broker key, value string, source) behind a topic setting's default."""
-        broker_key = TOPIC_BROKER_SYNONYMS[topic_config]
-        if broker_key is None:
-            return topic_config, format_value(TOPIC_CONFIGS[topic_config].type,
-                                              TOPIC_CONFIGS[topic_config].default), DEFAULT_CONFIG
-        value, source, key = self._resolve(broker_key)
-        raw = self._raw(key)[0] if key in BROKER_CONFIGS else value
-        return key, format_value(BROKER_CONFIGS[key].type, raw), source
 
     # -- DescribeConfigs ---------------------------------------------------------
 

@@ -7,12 +7,10 @@ from kbroker.config import (
     DEFAULT_CONFIG,
     DYNAMIC_BROKER_CONFIG,
     STATIC_BROKER_CONFIG,
-    TOPIC_CONFIGS,
     Config,
     ConfigError,
     Listener,
     parse_properties,
-    validate_topic_config,
 )
 
 
@@ -266,24 +264,9 @@ def test_dynamic_updates():
         c.updated({"min.insync.replicas": "0"})
 
 
-def test_topic_configs():
-    c = load("log.retention.hours=2", "log.segment.bytes=2097152", "message.max.bytes=5000")
-    d = c.topic_defaults()
-    assert d["retention.ms"] == 7_200_000
-    assert d["segment.bytes"] == 2_097_152
-    assert d["max.message.bytes"] == 5000
-    assert d["cleanup.policy"] == ["delete"]
-    assert c.topic_default_source("retention.ms") == ("log.retention.hours", "2", STATIC_BROKER_CONFIG)
-    assert validate_topic_config("retention.ms", "1000") == 1000
-    assert validate_topic_config("cleanup.policy", "compact,delete") == ["compact", "delete"]
-    with pytest.raises(ConfigError, match="unknown topic config"):
-        validate_topic_config("retention.mss", "1")
-    with pytest.raises(ConfigError):
-        validate_topic_config("segment.bytes", "10")
-    with pytest.raises(ConfigError):
-        validate_topic_config("cleanup.policy", "")
-    assert set(TOPIC_CONFIGS) >= {"retention.ms", "retention.bytes", "segment.bytes", "segment.ms",
-                                  "cleanup.policy", "max.message.bytes", "min.insync.replicas"}
+def test_topic_level_names_are_refused_as_broker_settings_with_a_hint():
+    with pytest.raises(ConfigError, match="topic-level config.*log.retention.ms"):
+        load("retention.ms=1000")
 
 
 # -- .properties parsing ----------------------------------------------------------------

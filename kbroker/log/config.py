@@ -175,6 +175,9 @@ TOPIC_CONFIGS: tuple[TopicConfigDef, ...] = (
                    "segment_ms", _at_least(1)),
     TopicConfigDef("unclean.leader.election.enable", "BOOLEAN", False,
                    (Synonym("unclean.leader.election.enable"),), "unclean_leader_election_enable"),
+    # Replication throttles: accepted and reported; no throttling is done yet.
+    TopicConfigDef("follower.replication.throttled.replicas", "LIST", (), (), None),
+    TopicConfigDef("leader.replication.throttled.replicas", "LIST", (), (), None),
     # Tiered storage: accepted and reported, not implemented.
     TopicConfigDef("remote.storage.enable", "BOOLEAN", False, (), None),
     TopicConfigDef("local.retention.ms", "LONG", -2, (Synonym("log.local.retention.ms"),), None,
