@@ -126,6 +126,7 @@ class Target:
     startup_s: Optional[float] = None
     idle_rss_kb: Optional[int] = None
     stop: Callable[[], None] = lambda: None
+    create_topics: bool = True  # False: the server has no CreateTopics; topics are auto-created
     notes: list[str] = field(default_factory=list)
     results: dict[str, str] = field(default_factory=dict)
 
@@ -187,7 +188,7 @@ def start_rdkafka_mock(tmp: Path) -> Optional[Target]:
         return None
     time.sleep(0.5)
     t = Target("rdkafka-mock", line.split("=", 1)[1].split(",")[0], proc.pid, None,
-               status_kb(proc.pid, "VmRSS"), lambda: _terminate(proc))
+               status_kb(proc.pid, "VmRSS"), lambda: _terminate(proc), create_topics=False)
     t.notes.append("rdkafka-mock keeps only ~5 MiB per partition and auto-creates topics with 4 partitions; "
                    "its CPU includes the client that hosts it")
     return t
@@ -208,16 +209,18 @@ def _terminate(proc: subprocess.Popen) -> None:
 # ---------------------------------------------------------------------------
 
 
-def create_topic(bootstrap: str, partitions: int) -> tuple[str, int]:
-    """A fresh topic; falls back to auto-creation for servers without CreateTopics."""
+def create_topic(bootstrap: str, partitions: int, use_admin: bool = True) -> tuple[str, int]:
+    """A fresh topic: CreateTopics, or auto-creation for servers without it."""
     from confluent_kafka.admin import AdminClient, NewTopic
 
     name = f"bench-{uuid.uuid4().hex[:10]}"
     admin = AdminClient({"bootstrap.servers": bootstrap})
-    try:
-        admin.create_topics([NewTopic(name, partitions, 1)], operation_timeout=15, request_timeout=15)[name].result(20)
-    except Exception:
-        pass  # auto-create on first use
+    if use_admin:
+        try:
+            admin.create_topics([NewTopic(name, partitions, 1)], operation_timeout=15,
+                                request_timeout=15)[name].result(20)
+        except Exception as e:
+            print(f"bench: CreateTopics failed ({e}); relying on auto-creation", file=sys.stderr)
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         md = admin.list_topics(name, timeout=5)
@@ -378,7 +381,7 @@ def bench_target(t: Target, args) -> None:
     cpu_used = 0.0
     for size in args.sizes:
         count = max(1, int(args.total_mb * MB / size))
-        topic, parts = create_topic(t.bootstrap, args.partitions)
+        topic, parts = create_topic(t.bootstrap, args.partitions, t.create_topics)
         cpu0 = cpu_seconds(t.pid)
         res = run_in_process(produce_worker, t.bootstrap, topic, size, count, args.phase_seconds,
                              timeout=args.phase_seconds + 60)
@@ -398,7 +401,7 @@ def bench_target(t: Target, args) -> None:
             r[f"consume {label}, msgs read"] = fmt(c["msgs"], 0)
     r["broker CPU s per GB produced"] = fmt(cpu_used / (produced_bytes / 1e9), 2) if produced_bytes else "-"
     # latency at a fixed rate
-    topic, parts = create_topic(t.bootstrap, args.partitions)
+    topic, parts = create_topic(t.bootstrap, args.partitions, t.create_topics)
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
     ready = ctx.Event()
