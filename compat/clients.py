@@ -153,7 +153,8 @@ def produce_confluent(bootstrap: str, topic: str, messages: Sequence[Msg], *, ac
     left = p.flush(timeout)
     assert left == 0, f"confluent producer: {left} messages not delivered within {timeout}s"
     assert not errors, f"confluent producer delivery errors: {errors[:5]}"
-    return [(pp, -1 if off is None or off < 0 else off) for pp, off in placements]  # type: ignore[misc]
+    unknown = str(acks) == "0"  # with acks=0 nobody tells the client
+    return [(pp, -1 if unknown or off is None or off < 0 else off) for pp, off in placements]  # type: ignore[misc]
 
 
 def consume_confluent(bootstrap: str, topic: str, count: int, *, timeout: float = DEFAULT_TIMEOUT,
@@ -204,7 +205,8 @@ def produce_kafka_python(bootstrap: str, topic: str, messages: Sequence[Msg], *,
         out = []
         for f in futures:
             md = f.get(timeout=timeout)
-            out.append((md.partition, md.offset if md.offset is not None else -1))
+            known = acks_value != 0 and md.offset is not None  # with acks=0 nobody tells the client
+            out.append((md.partition, md.offset if known else -1))
         return out
     finally:
         p.close(timeout=10)
@@ -261,7 +263,8 @@ def produce_aiokafka(bootstrap: str, topic: str, messages: Sequence[Msg], *, ack
             out = []
             for f in futs:
                 md = await f
-                out.append((md.partition, md.offset if md.offset is not None else -1))
+                known = acks != 0 and md.offset is not None  # with acks=0 nobody tells the client
+                out.append((md.partition, md.offset if known else -1))
             return out
         finally:
             await p.stop()
