@@ -33,6 +33,10 @@ def test_acks_confluent(broker, topic, acks):
 def test_acks_kafka_python(broker, topic, acks):
     msgs = make_messages(300)
     placements = produce_kafka_python(broker.bootstrap, topic.name, msgs, acks=acks)
+    if acks == 0:
+        # With acks=0 nobody tells kafka-python an offset, yet it reports
+        # base offset -1 plus the record's index in its batch: meaningless.
+        placements = None
     check_roundtrip(msgs, placements, consume_confluent(broker.bootstrap, topic.name, len(msgs)), topic.partitions)
 
 
