@@ -69,7 +69,10 @@ class Broker:
         self.groups = GroupCoordinator(self)
 
     # -- lifecycle ---------------------------------------------------------------
-    async def start(self, nursery: trio.Nursery) -> None:
+    async def start(self, nursery: trio.Nursery, bound_ports: dict[str, int] | None = None) -> None:
+        """Open everything and register; ``bound_ports`` (listener name -> port)
+        replaces port 0 in the advertised endpoints with the port actually bound."""
+        self.bound_ports = bound_ports or {}
         for d in self.log_dirs:
             os.makedirs(d, exist_ok=True)
         self.cluster_id = metadata_log.read_or_create_meta_properties(
@@ -109,7 +112,10 @@ class Broker:
         return p.high_watermark if p is not None else None
 
     async def _register(self) -> None:
-        endpoints = self.config.advertised_listeners
+        endpoints = [
+            e._replace(port=self.bound_ports.get(e.name, e.port)) if e.port == 0 else e
+            for e in self.config.advertised_listeners
+        ]
         current = self.image.brokers.get(self.node_id)
         wanted = [(e.name, e.host, e.port) for e in endpoints]
         if current is not None and [(e.name, e.host, e.port) for e in current.endpoints] == wanted and not current.fenced:

@@ -56,6 +56,11 @@ class Connection:
             self.peer = ("?", 0)
         self.frames = FrameReader(broker.config["socket.request.max.bytes"])
         self.idle_ms = broker.config["connections.max.idle.ms"]
+        self._reading = trio.CancelScope()
+
+    def stop_reading(self) -> None:
+        """Read no more requests; those already read are still answered."""
+        self._reading.cancel()
 
     async def run(self) -> None:
         requests_send, requests_recv = trio.open_memory_channel(MAX_QUEUED)
@@ -64,7 +69,8 @@ class Connection:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._write, responses_recv, nursery.cancel_scope)
                 nursery.start_soon(self._process, requests_recv, responses_send)
-                await self._read(requests_send)
+                with self._reading:
+                    await self._read(requests_send)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
         finally:
@@ -162,27 +168,50 @@ class Server:
         self.broker = broker
         self.config = broker.config
         self._next_conn = 0
-        self._connections = 0
+        self._connections: set[Connection] = set()
+        self._listeners: list[tuple[str, str, trio.SocketListener]] = []
+        self._accepting = trio.CancelScope()
+        self._all_closed = trio.Event()
         self.listening: list[tuple[str, int]] = []
 
-    async def serve(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
-        listeners = []
+    async def bind(self) -> dict[str, int]:
+        """Open every listener; returns the bound port by listener name (port 0 picks one)."""
+        bound = {}
         for lst in self.config.listeners:
-            host = lst.host or None
             try:
-                ls = await trio.open_tcp_listeners(lst.port, host=host)
+                ls = await trio.open_tcp_listeners(lst.port, host=lst.host or None)
             except OSError as e:
                 raise SystemExit(f"kbroker: cannot listen on {lst.host}:{lst.port}: {e.strerror}") from None
-            for l in ls:
-                l.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            listeners.extend(ls)
             port = ls[0].socket.getsockname()[1]
+            self._listeners.extend((lst.name, lst.host, l) for l in ls)
             self.listening.append((lst.host, port))
-            log.info("kbroker %s listening on %s:%s (%s)", self.broker.node_id, lst.host, port, lst.name)
-        task_status.started(self.listening)
+            bound[lst.name] = port
+        return bound
+
+    async def accept(self) -> None:
+        """Accept connections until :meth:`drain` (or cancellation); connections live here."""
         async with trio.open_nursery() as nursery:
-            for l in listeners:
-                nursery.start_soon(self._accept_loop, l, nursery)
+            with self._accepting:
+                logged = set()
+                for name, host, l in self._listeners:
+                    port = l.socket.getsockname()[1]
+                    if (name, port) not in logged:  # "localhost" may bind IPv4 and IPv6
+                        logged.add((name, port))
+                        log.info("kbroker %s listening on %s:%s (%s)", self.broker.node_id, host, port, name)
+                async with trio.open_nursery() as accepting:
+                    for _name, _host, l in self._listeners:
+                        accepting.start_soon(self._accept_loop, l, nursery)
+            for _name, _host, l in self._listeners:
+                await l.aclose()
+
+    async def drain(self) -> None:
+        """Stop accepting, stop reading, and wait until every connection has
+        answered what it already read (a graceful shutdown)."""
+        self._accepting.cancel()
+        for conn in list(self._connections):
+            conn.stop_reading()
+        if self._connections:
+            await self._all_closed.wait()
 
     async def _accept_loop(self, listener: trio.SocketListener, nursery) -> None:
         max_conn = self.config["max.connections"]
@@ -195,36 +224,48 @@ class Server:
                     await trio.sleep(0.1)
                     continue
                 raise
-            if self._connections >= max_conn:
+            if len(self._connections) >= max_conn:
                 log.warning("max.connections (%d) reached; refusing a connection", max_conn)
                 await stream.aclose()
                 continue
             self._next_conn += 1
-            nursery.start_soon(self._run_connection, stream, self._next_conn)
+            conn = Connection(self.broker, stream, self._next_conn)
+            self._connections.add(conn)
+            nursery.start_soon(self._run_connection, conn)
 
-    async def _run_connection(self, stream, conn_id) -> None:
-        self._connections += 1
+    async def _run_connection(self, conn: Connection) -> None:
         try:
-            stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            conn.stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except OSError:
             pass
         try:
-            await Connection(self.broker, stream, conn_id).run()
+            await conn.run()
         except OSError as e:
-            log.debug("connection %d ended: %s", conn_id, e)
+            log.debug("connection %d ended: %s", conn.id, e)
         finally:
-            self._connections -= 1
+            self._connections.discard(conn)
+            if not self._connections:
+                self._all_closed.set()
+                self._all_closed = trio.Event()
 
 
 async def serve(config: Config, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
-    """Run a broker until cancelled; a clean shutdown when the scope is cancelled."""
+    """Run a broker until cancelled; reports the :class:`Server` (with ``.broker``) when ready.
+
+    Listeners are bound before the broker registers itself, so that the
+    endpoints it advertises carry the real ports (``listeners`` may ask for
+    port 0).  Cancellation closes the broker cleanly (logs flushed, the
+    clean-shutdown marker written); call :meth:`Server.drain` first to let
+    connections finish what they already read.
+    """
     broker = Broker(config)
+    server = Server(broker)
     async with trio.open_nursery() as nursery:
-        await broker.start(nursery)
-        server = Server(broker)
         try:
-            listening = await nursery.start(server.serve)
-            task_status.started((broker, listening))
+            bound = await server.bind()
+            await broker.start(nursery, bound_ports=bound)
+            nursery.start_soon(server.accept)
+            task_status.started(server)
             await trio.sleep_forever()
         finally:
             with trio.CancelScope(shield=True):
@@ -232,12 +273,17 @@ async def serve(config: Config, *, task_status=trio.TASK_STATUS_IGNORED) -> None
             nursery.cancel_scope.cancel()
 
 
+SHUTDOWN_GRACE_SECONDS = 10
+
+
 async def _main(config: Config) -> None:
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(serve, config)
+            server = await nursery.start(serve, config)
             async for signum in signals:
                 log.info("received %s; shutting down", signal.Signals(signum).name)
+                with trio.move_on_after(SHUTDOWN_GRACE_SECONDS):
+                    await server.drain()
                 nursery.cancel_scope.cancel()
                 break
 

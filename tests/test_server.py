@@ -77,8 +77,10 @@ async def broker(tmp_path, nursery):
 
 
 async def start(nursery, config):
-    broker, listening = await nursery.start(serve, config)
-    broker.port = listening[0][1]
+    server = await nursery.start(serve, config)
+    broker = server.broker
+    broker.server = server
+    broker.port = server.listening[0][1]
     return broker
 
 
@@ -108,6 +110,31 @@ def produce_body(topic, records, acks=1, partition=0):
         "timeout_ms": 1000,
         "topic_data": [{"name": topic, "partition_data": [{"index": partition, "records": records}]}],
     }
+
+
+async def test_metadata_advertises_the_port_actually_bound(broker):
+    c = await Client.connect(broker.port)
+    r = await c.call(ApiKey.METADATA, 12, {"topics": None})
+    assert [(b.host, b.port) for b in r.brokers] == [("127.0.0.1", broker.port)]
+
+
+async def test_drain_answers_what_was_read_then_closes(broker):
+    c = await Client.connect(broker.port)
+    await create_topic(c, "drain")
+    fetch = {
+        "max_wait_ms": 1000,
+        "min_bytes": 1,
+        "topics": [{"topic": "drain", "partitions": [{"partition": 0, "fetch_offset": 0, "partition_max_bytes": 1024}]}],
+    }
+    corr = await c.send(ApiKey.FETCH, 11, fetch)
+    await trio.sleep(0.1)  # the fetch is parked in its long poll
+    with trio.fail_after(5):
+        await broker.server.drain()
+    got, resp = decode_response(ApiKey.FETCH, 11, await c.receive_frame())
+    assert got == corr and resp.error_code == 0
+    assert await c.closed_by_peer()
+    with pytest.raises(OSError):
+        await trio.open_tcp_stream("127.0.0.1", broker.port)
 
 
 async def test_api_versions_lists_exactly_what_is_served(broker):
