@@ -13,17 +13,16 @@ from __future__ import annotations
 import logging
 import os
 import time
-import uuid
 
 import trio
 
 from . import metadata_log
-from .config import Config
+from .config import Config, ConfigError
 from .controller.controller import Controller
 from .group.coordinator import GroupCoordinator
 from .log.config import LogConfig, validate_topic_config
 from .log.manager import LogManager
-from .metadata.image import BROKER_RESOURCE, TOPIC_RESOURCE, MetadataImage
+from .metadata.image import BROKER_RESOURCE, MetadataImage
 from .partition import Partition
 
 log = logging.getLogger("kbroker.broker")
@@ -63,9 +62,9 @@ class Broker:
                 "default.replication.factor": config["default.replication.factor"],
             },
         )
-        self.started_at = time.time()
         self._producer_ids_next = 0
         self._producer_ids_end = 0
+        self._metadata_lock = trio.Lock()
         self.groups = GroupCoordinator(self)
 
     # -- lifecycle ---------------------------------------------------------------
@@ -128,13 +127,11 @@ class Broker:
         """Append controller records to the metadata log, apply them, and act on them."""
         if not records:
             return
-        offsets = self.metadata.append(records)
-        for (name, body), offset in zip(records, offsets):
-            from protocol.envelopes import decode_metadata_record, encode_metadata_record
-
-            # Apply what was written (decoded back), so replay and live paths agree.
-            rname, _v, rec = decode_metadata_record(encode_metadata_record(name, body))
-            self.image.apply(rname, rec, offset)
+        # One change at a time: records must reach the image in log order,
+        # and the fsync inside append yields to other tasks.
+        async with self._metadata_lock:
+            for offset, name, record in await self.metadata.append(records):
+                self.image.apply(name, record, offset)
         if any(name == "ConfigRecord" and body["resource_type"] == BROKER_RESOURCE for name, body in records):
             self._apply_dynamic_config()
         self._sync_partitions()
@@ -148,8 +145,6 @@ class Broker:
         of topics without an override; ``_sync_partitions`` then hands the
         new LogConfigs to the partition logs.
         """
-        from .config import ConfigError
-
         try:
             cfg = self.static_config.updated(self.image.broker_configs(""), per_broker=False).updated(
                 self.image.broker_configs(self.node_id), per_broker=True
@@ -236,4 +231,4 @@ class Broker:
         return int(time.time() * 1000)
 
 
-__all__ = ["Broker", "TOPIC_RESOURCE", "BROKER_RESOURCE", "METADATA_TOPIC"]
+__all__ = ["Broker", "METADATA_TOPIC"]

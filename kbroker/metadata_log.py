@@ -14,6 +14,8 @@ import os
 import uuid
 import base64
 
+import trio
+
 from protocol.envelopes import decode_metadata_record, encode_metadata_record
 from protocol.records import decode_batch, encode_batch
 
@@ -86,11 +88,24 @@ class MetadataLog:
                 pos += header.total_size
                 offset = header.next_offset
 
-    def append(self, records: list) -> list[int]:
-        """Append ``(name, body)`` records as one batch, durably; returns their offsets."""
-        values = [(None, encode_metadata_record(name, body)) for name, body in records]
-        batch = bytearray(encode_batch(values))
+    async def append(self, records: list) -> list[tuple[int, str, object]]:
+        """Append ``(name, body)`` records as one batch and fsync it (off the
+        trio thread); returns ``(offset, name, record)`` decoded back from
+        what was written, so that the live path applies exactly what a replay
+        would."""
+        values = [encode_metadata_record(name, body) for name, body in records]
+        batch = bytearray(encode_batch([(None, v) for v in values]))
         info = self.plog.append(batch, assign_offsets=True)
-        self.plog.flush()
-        return list(range(info.first_offset, info.first_offset + len(records)))
+        job = self.plog.prepare_flush()
+        await trio.to_thread.run_sync(job.run)
+        self.plog.complete_flush(job)
+        return [
+            (info.first_offset + i, *_name_and_body(decode_metadata_record(v)))
+            for i, v in enumerate(values)
+        ]
+
+
+def _name_and_body(decoded) -> tuple[str, object]:
+    name, _version, body = decoded
+    return name, body
 
