@@ -13,8 +13,11 @@ from __future__ import annotations
 import logging
 import os
 import time
+import uuid
 
 import trio
+
+from protocol import ErrorCode
 
 from . import metadata_log
 from .config import Config, ConfigError
@@ -22,12 +25,13 @@ from .controller.controller import Controller
 from .group.coordinator import GroupCoordinator
 from .log.config import LogConfig, validate_topic_config
 from .log.manager import LogManager
-from .metadata.image import BROKER_RESOURCE, MetadataImage
+from .metadata.image import BROKER_RESOURCE, MetadataImage, TopicImage
 from .partition import Partition
 
 log = logging.getLogger("kbroker.broker")
 
 METADATA_TOPIC = "__cluster_metadata"
+ZERO_UUID = uuid.UUID(int=0)
 
 
 def _broker_log_properties(config: Config) -> dict[str, str]:
@@ -201,6 +205,36 @@ class Broker:
 
     def partition(self, topic: str, index: int) -> Partition | None:
         return self.partitions.get((topic, index))
+
+    def resolve_topic(self, name: str | None, topic_id: uuid.UUID = ZERO_UUID) -> tuple[TopicImage | None, ErrorCode]:
+        """The topic a request names (by id when it gives one), and the error for not finding it."""
+        if topic_id != ZERO_UUID:
+            return self.image.topics_by_id.get(topic_id), ErrorCode.UNKNOWN_TOPIC_ID
+        return self.image.topics.get(name), ErrorCode.UNKNOWN_TOPIC_OR_PARTITION
+
+    def leader_partition(
+        self,
+        topic: TopicImage | None,
+        index: int,
+        current_leader_epoch: int = -1,
+        missing: ErrorCode = ErrorCode.UNKNOWN_TOPIC_OR_PARTITION,
+    ) -> tuple[Partition | None, ErrorCode]:
+        """The partition if this broker leads it in the epoch the client believes
+        current, else the error Kafka answers with: unknown topic or partition,
+        NOT_LEADER_OR_FOLLOWER, or FENCED/UNKNOWN_LEADER_EPOCH for a client
+        behind or ahead of the leader's epoch."""
+        if topic is None:
+            return None, missing
+        if index not in topic.partitions:
+            return None, ErrorCode.UNKNOWN_TOPIC_OR_PARTITION
+        part = self.partitions.get((topic.name, index))
+        if part is None or topic.partitions[index].leader != self.node_id:
+            return None, ErrorCode.NOT_LEADER_OR_FOLLOWER
+        if current_leader_epoch >= 0 and current_leader_epoch != part.leader_epoch:
+            if current_leader_epoch < part.leader_epoch:
+                return None, ErrorCode.FENCED_LEADER_EPOCH
+            return None, ErrorCode.UNKNOWN_LEADER_EPOCH
+        return part, ErrorCode.NONE
 
     # -- helpers for handlers --------------------------------------------------------
     async def create_topics(self, specs: list[dict], *, validate_only: bool = False):

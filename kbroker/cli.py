@@ -12,7 +12,7 @@ import argparse
 import importlib
 import logging
 import sys
-from typing import Optional, Sequence
+from typing import NoReturn, Optional, Sequence
 
 from kbroker.config import Config, ConfigError
 

@@ -13,16 +13,12 @@ correct answer by the protocol, and what a broker with no session cache slots
 would do.
 """
 
-import uuid
-
 import trio
 
 from protocol import ApiKey, ErrorCode
 
 from ..log.errors import OffsetOutOfRange
 from . import handles
-
-ZERO_UUID = uuid.UUID(int=0)
 
 
 def _collect(broker, body):
@@ -34,12 +30,7 @@ def _collect(broker, body):
     responses = []
     partitions = []
     for topic in body.topics:
-        if topic.topic_id != ZERO_UUID:
-            t = broker.image.topics_by_id.get(topic.topic_id)
-            missing = ErrorCode.UNKNOWN_TOPIC_ID
-        else:
-            t = broker.image.topics.get(topic.topic)
-            missing = ErrorCode.UNKNOWN_TOPIC_OR_PARTITION
+        t, missing = broker.resolve_topic(topic.topic, topic.topic_id)
         out_parts = []
         for fp in topic.partitions:
             entry = {
@@ -53,19 +44,9 @@ def _collect(broker, body):
                 "records": b"",
             }
             out_parts.append(entry)
-            part = broker.partition(t.name, fp.partition) if t is not None else None
-            if t is None or fp.partition not in t.partitions:
-                entry["error_code"] = missing if t is None else ErrorCode.UNKNOWN_TOPIC_OR_PARTITION
-                has_error = True
-                continue
-            if part is None or t.partitions[fp.partition].leader != broker.node_id:
-                entry["error_code"] = ErrorCode.NOT_LEADER_OR_FOLLOWER
-                has_error = True
-                continue
-            if fp.current_leader_epoch >= 0 and fp.current_leader_epoch != part.leader_epoch:
-                entry["error_code"] = (
-                    ErrorCode.FENCED_LEADER_EPOCH if fp.current_leader_epoch < part.leader_epoch else ErrorCode.UNKNOWN_LEADER_EPOCH
-                )
+            part, err = broker.leader_partition(t, fp.partition, fp.current_leader_epoch, missing)
+            if part is None:
+                entry["error_code"] = err
                 has_error = True
                 continue
             partitions.append(part)

@@ -131,16 +131,9 @@ async def handle(broker, header, body):
         for rp in t.partitions:
             entry = {"error_code": ErrorCode.NONE, "partition": rp.partition, "leader_epoch": UNDEFINED_EPOCH,
                      "end_offset": UNDEFINED_OFFSET}
-            part = broker.partition(t.topic, rp.partition) if image_topic is not None else None
-            if image_topic is None or rp.partition not in image_topic.partitions:
-                entry["error_code"] = ErrorCode.UNKNOWN_TOPIC_OR_PARTITION
-            elif part is None or image_topic.partitions[rp.partition].leader != broker.node_id:
-                entry["error_code"] = ErrorCode.NOT_LEADER_OR_FOLLOWER
-            elif rp.current_leader_epoch >= 0 and rp.current_leader_epoch != part.leader_epoch:
-                entry["error_code"] = (
-                    ErrorCode.FENCED_LEADER_EPOCH if rp.current_leader_epoch < part.leader_epoch
-                    else ErrorCode.UNKNOWN_LEADER_EPOCH
-                )
+            part, err = broker.leader_partition(image_topic, rp.partition, rp.current_leader_epoch)
+            if part is None:
+                entry["error_code"] = err
             else:
                 entry["leader_epoch"], entry["end_offset"] = lookup(part, rp.leader_epoch)
             parts.append(entry)

@@ -43,15 +43,9 @@ async def handle(broker, header, body):
         parts = []
         for rp in topic.partitions:
             entry = {"partition_index": rp.partition_index, "error_code": 0, "timestamp": -1, "offset": -1, "leader_epoch": -1}
-            part = broker.partition(topic.name, rp.partition_index) if t is not None else None
-            if t is None or rp.partition_index not in t.partitions:
-                entry["error_code"] = ErrorCode.UNKNOWN_TOPIC_OR_PARTITION
-            elif part is None or t.partitions[rp.partition_index].leader != broker.node_id:
-                entry["error_code"] = ErrorCode.NOT_LEADER_OR_FOLLOWER
-            elif rp.current_leader_epoch >= 0 and rp.current_leader_epoch != part.leader_epoch:
-                entry["error_code"] = (
-                    ErrorCode.FENCED_LEADER_EPOCH if rp.current_leader_epoch < part.leader_epoch else ErrorCode.UNKNOWN_LEADER_EPOCH
-                )
+            part, err = broker.leader_partition(t, rp.partition_index, rp.current_leader_epoch)
+            if part is None:
+                entry["error_code"] = err
             else:
                 err, ts, off = _lookup(part, rp.timestamp)
                 # leader_epoch exists from v4 on; older versions must leave it at its default.

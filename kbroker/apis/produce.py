@@ -6,13 +6,9 @@ LogAppendTime topics).  acks=0 gets no answer at all; with one replica,
 acks=all is satisfied as soon as the leader has appended.
 """
 
-import uuid
-
 from protocol import ApiKey, ErrorCode
 
 from . import handles
-
-ZERO_UUID = uuid.UUID(int=0)
 
 
 @handles(ApiKey.PRODUCE)
@@ -23,23 +19,17 @@ async def handle(broker, header, body):
     now = broker.now_ms()
     responses = []
     for topic in body.topic_data:
-        if topic.topic_id != ZERO_UUID:
-            t = broker.image.topics_by_id.get(topic.topic_id)
-            missing = ErrorCode.UNKNOWN_TOPIC_ID
-        else:
-            t = broker.image.topics.get(topic.name)
-            missing = ErrorCode.UNKNOWN_TOPIC_OR_PARTITION
+        t, missing = broker.resolve_topic(topic.name, topic.topic_id)
         cfg = broker.log_config_for(t.name) if t is not None else None
         parts = []
         for pd in topic.partition_data:
             entry = {"index": pd.index, "error_code": 0, "base_offset": -1, "log_append_time_ms": -1,
                      "log_start_offset": -1, "record_errors": [], "error_message": None}
-            part = broker.partition(t.name, pd.index) if t is not None else None
-            if t is None or pd.index not in t.partitions:
-                entry["error_code"] = missing if t is None else ErrorCode.UNKNOWN_TOPIC_OR_PARTITION
-            elif part is None or t.partitions[pd.index].leader != broker.node_id:
-                entry["error_code"] = ErrorCode.NOT_LEADER_OR_FOLLOWER
-            elif t.is_internal and not header.client_id == "__kbroker_internal":
+            part, err = broker.leader_partition(t, pd.index, missing=missing)
+            if part is None:
+                entry["error_code"] = err
+            elif t.is_internal:
+                # Internal topics are written by their coordinators only.
                 entry["error_code"] = ErrorCode.INVALID_TOPIC_EXCEPTION
             else:
                 res = part.append_records(pd.records, cfg, now)

@@ -19,13 +19,11 @@ INTERNAL_TOPICS = frozenset({"__consumer_offsets", "__transaction_state", "__sha
 def delete_records(broker, topic: str, index: int, offset: int) -> tuple[ErrorCode, int]:
     """(error, low watermark) for one partition."""
     t = broker.image.topics.get(topic)
-    if t is None or index not in t.partitions:
-        return ErrorCode.UNKNOWN_TOPIC_OR_PARTITION, -1
-    if topic in INTERNAL_TOPICS:
+    if t is not None and index in t.partitions and topic in INTERNAL_TOPICS:
         return ErrorCode.INVALID_TOPIC_EXCEPTION, -1
-    part = broker.partition(topic, index)
-    if part is None or t.partitions[index].leader != broker.node_id:
-        return ErrorCode.NOT_LEADER_OR_FOLLOWER, -1
+    part, err = broker.leader_partition(t, index)
+    if part is None:
+        return err, -1
     if not part.log.config.delete:
         # cleanup.policy=compact only: records are removed by compaction alone.
         return ErrorCode.POLICY_VIOLATION, -1

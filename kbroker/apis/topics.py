@@ -4,7 +4,6 @@ import uuid
 
 from protocol import ApiKey, ErrorCode
 
-from ..metadata.image import TOPIC_RESOURCE
 from . import handles
 
 ZERO_UUID = uuid.UUID(int=0)

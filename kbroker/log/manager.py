@@ -32,7 +32,7 @@ import trio
 
 from .config import LogConfig
 from .errors import KafkaStorageError
-from .partition_log import PartitionLog, log_dir_name, parse_log_dir_name
+from .partition_log import PartitionLog, _fsync_dir, log_dir_name, parse_log_dir_name
 
 CLEAN_SHUTDOWN_FILE = ".kbroker_clean_shutdown"
 DELETE_DIR_SUFFIX = "-delete"
@@ -289,16 +289,3 @@ class LogManager:
         while True:
             await self.flush_pass()
             await trio.sleep(interval_ms / 1000)
-
-
-def _fsync_dir(path: str) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

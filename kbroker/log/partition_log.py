@@ -34,7 +34,7 @@ import shutil
 import struct
 import time
 from bisect import bisect_right
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 from protocol.errors import ProtocolError

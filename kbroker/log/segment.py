@@ -36,7 +36,6 @@ from bisect import bisect_right
 from itertools import islice
 from typing import Iterator
 
-from protocol.errors import ProtocolError
 from protocol.records import BATCH_HEADER_SIZE, LOG_OVERHEAD, BatchHeader, split_batches_lenient
 
 from .errors import CorruptRecord
