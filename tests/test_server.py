@@ -405,3 +405,22 @@ async def test_transactional_ids_get_a_clear_non_retriable_error(broker):
     assert entry.error_code == ErrorCode.TRANSACTIONAL_ID_AUTHORIZATION_FAILED
     assert not ErrorCode(entry.error_code).retriable
     assert "transactions" in entry.error_message
+
+
+async def test_max_connections_refuses_the_extra_connection(tmp_path, nursery):
+    broker = await start(nursery, make_config(tmp_path, **{"max.connections": "2"}))
+    a = await Client.connect(broker.port)
+    b = await Client.connect(broker.port)
+    for c in (a, b):
+        assert (await c.call(ApiKey.API_VERSIONS, 3, {})).error_code == 0
+    extra = await Client.connect(broker.port)
+    assert await extra.closed_by_peer(timeout=3)
+    await a.stream.aclose()
+    with trio.fail_after(3):
+        while True:  # the freed slot is reusable once the broker has seen the close
+            again = await Client.connect(broker.port)
+            try:
+                assert (await again.call(ApiKey.API_VERSIONS, 3, {})).error_code == 0
+                break
+            except (AssertionError, trio.BrokenResourceError):
+                await trio.sleep(0.05)
