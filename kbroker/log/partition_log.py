@@ -303,16 +303,7 @@ class PartitionLog:
         _fsync_dir(d)
 
     def _load_producer_state(self) -> None:
-        leo = self.log_end_offset
-        ps.delete_snapshots(self.path, keep=lambda off: off <= leo)
-        mgr = ps.ProducerStateManager.load_snapshot(self.path, leo)
-        if mgr is None or mgr.map_end_offset < self.log_start_offset:
-            mgr = ps.ProducerStateManager()
-            mgr.map_end_offset = self.log_start_offset
-        self.producer_state = mgr
-        self._replay_producer_state(mgr.map_end_offset)
-        mgr.truncate_head(self.log_start_offset)
-        mgr.map_end_offset = leo
+        self._rebuild_producer_state_to(self.log_end_offset)
 
     def _replay_producer_state(self, from_offset: int) -> None:
         """Feed batch headers from ``from_offset`` to the log end (header reads only)."""
