@@ -182,16 +182,14 @@ class ConsumerGroup:
     def validate_offset_commit(self, member_id: str, instance_id: str | None, epoch: int) -> ErrorCode:
         if epoch < 0 and not member_id and not self.members:
             return ErrorCode.NONE
-        m = self.members.get(member_id)
-        if m is None:
-            return ErrorCode.UNKNOWN_MEMBER_ID
-        if epoch != m.member_epoch:
-            return ErrorCode.STALE_MEMBER_EPOCH
-        return ErrorCode.NONE
+        return self._member_epoch_error(member_id, epoch)
 
     def validate_offset_fetch(self, member_id: str | None, epoch: int) -> ErrorCode:
         if member_id is None or (epoch < 0 and not member_id):
             return ErrorCode.NONE
+        return self._member_epoch_error(member_id, epoch)
+
+    def _member_epoch_error(self, member_id: str, epoch: int) -> ErrorCode:
         m = self.members.get(member_id)
         if m is None:
             return ErrorCode.UNKNOWN_MEMBER_ID
