@@ -194,7 +194,12 @@ def encode_response(header: RequestHeader, body, *, chunks: bool = False):
 
 
 def api_versions_fallback_body(api_keys: list | None = None):
-    """The body of an ApiVersions answer to an unsupported version (error 35)."""
+    """The body of an ApiVersions answer to an unsupported version (error 35).
+
+    Like Kafka, it lists only ApiVersions' own range by default, so the client
+    can retry with a version we speak; ``api_keys`` lets a tool (the capture
+    proxy) answer for another server's range.
+    """
     lo, hi = advertised_versions(API_VERSIONS)
     keys = api_keys or [{"api_key": API_VERSIONS, "min_version": lo, "max_version": hi}]
     return {"error_code": int(ErrorCode.UNSUPPORTED_VERSION), "api_keys": keys}

@@ -37,7 +37,6 @@ from protocol import (  # noqa: E402
     ApiKey,
     RequestHeader,
     decode_request,
-    decode_response,
     encode_request,
     encode_response,
 )

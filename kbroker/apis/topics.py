@@ -11,37 +11,30 @@ ZERO_UUID = uuid.UUID(int=0)
 
 @handles(ApiKey.CREATE_TOPICS)
 async def create_topics(broker, header, body):
-    specs, seen, dupes = [], set(), set()
-    for t in body.topics:
-        if t.name in seen:
-            dupes.add(t.name)
-        seen.add(t.name)
+    names = [t.name for t in body.topics]
+    dupes = {n for n in names if names.count(n) > 1}
+    specs = [
+        {
+            "name": t.name,
+            "num_partitions": t.num_partitions,
+            "replication_factor": t.replication_factor,
+            "assignments": {a.partition_index: list(a.broker_ids) for a in t.assignments} or None,
+            "configs": {c.name: c.value for c in t.configs},
+        }
+        for t in body.topics
+        if t.name not in dupes
+    ]
+    created = iter(await broker.create_topics(specs, validate_only=body.validate_only))
     results = []
-    order = []
-    for t in body.topics:
-        if t.name in dupes:
-            order.append(("dup", t.name))
-            continue
-        specs.append(
-            {
-                "name": t.name,
-                "num_partitions": t.num_partitions,
-                "replication_factor": t.replication_factor,
-                "assignments": {a.partition_index: list(a.broker_ids) for a in t.assignments} or None,
-                "configs": {c.name: c.value for c in t.configs},
-            }
-        )
-        order.append(("spec", len(specs) - 1))
-    created = await broker.create_topics(specs, validate_only=body.validate_only)
-    for kind, ref in order:
-        if kind == "dup":
+    for name in names:
+        if name in dupes:
             results.append(
-                {"name": ref, "error_code": ErrorCode.INVALID_REQUEST,
-                 "error_message": f"Create topics request from client `{header.client_id}` contains multiple entries for the following topics: {ref}",
+                {"name": name, "error_code": ErrorCode.INVALID_REQUEST,
+                 "error_message": f"Create topics request from client `{header.client_id}` contains multiple entries for the following topics: {name}",
                  "num_partitions": -1, "replication_factor": -1, "configs": None}
             )
             continue
-        r = created[ref]
+        r = next(created)
         entry = {
             "name": r.name,
             "topic_id": r.topic_id if not body.validate_only else ZERO_UUID,
@@ -78,7 +71,7 @@ async def delete_topics(broker, header, body):
         recs, code, msg, rname, rid = broker.controller.delete_topic(name=name, topic_id=tid)
         if code == ErrorCode.NONE and rid in removing:
             recs = []
-        if code == ErrorCode.NONE and rname and rname.startswith("__") and rname in ("__consumer_offsets", "__transaction_state"):
+        if code == ErrorCode.NONE and rname in ("__consumer_offsets", "__transaction_state"):
             recs, code, msg = [], ErrorCode.TOPIC_AUTHORIZATION_FAILED, "Internal topics cannot be deleted."
         removing.add(rid)
         records.extend(recs)
