@@ -8,8 +8,17 @@ It does the three things the state machine may not:
   topic (compacted, ``offsets.topic.num.partitions`` partitions) is created
   on first use.  At start-up every partition is replayed into the state
   machine, so a restart loses neither groups nor offsets.
+* **Write, then apply, then answer** (Kafka's ``CoordinatorResult``): a step
+  whose records cannot be appended (full disk, I/O error, partition not
+  here) leaves no trace in memory and is answered with the coordinator
+  error Kafka maps that failure to -- NOT_COORDINATOR for a storage error,
+  COORDINATOR_NOT_AVAILABLE when the partition is missing -- so the client
+  rediscovers the coordinator and retries instead of being told "ok" about
+  a commit a restart would not find.  See :meth:`GroupCoordinator._execute`.
 * **Time**: one task sleeps until the earliest timer deadline (or until a
-  request changes the timers) and then runs ``tick``; there is no polling.
+  request changes the timers) and then runs the due timers, one step each;
+  there is no polling.  The task is a fault boundary: a timer that raises
+  or cannot write is undone, logged and retried later; the broker serves on.
 * **Waiting**: a parked JoinGroup/SyncGroup awaits a :class:`Waiter` (a
   trio event plus a response slot) that a later step completes.
 
@@ -27,7 +36,10 @@ import trio
 from protocol import ErrorCode, ProtocolError
 from protocol.records import LOG_OVERHEAD, decode_batch, encode_batch, read_batch_header
 
+from ..crashpoints import crash_point
+from ..log.errors import KafkaStorageError
 from . import records as R
+from .classic import join_error, sync_error
 from .placement import partition_for
 from .state import GroupConfig, GroupCoordinatorState, Result
 
@@ -35,6 +47,25 @@ log = logging.getLogger("kbroker.group")
 
 OFFSETS_TOPIC = "__consumer_offsets"
 _LOAD_READ_BYTES = 1 << 20
+# A timer whose step failed (its records could not be written, or it raised) runs again this much
+# later: soon enough that a session still expires once the disk has room, late enough that a
+# full disk does not turn the timer task into a busy loop of failing appends.
+TIMER_RETRY_MS = 1000
+
+
+class AppendFailed(Exception):
+    """Records of one step could not be made durable.
+
+    ``error_code`` is what the client is answered (Kafka's mapping of a
+    coordinator write failure); ``written`` lists the encoded ``(key, value)``
+    records that did reach the log before the failure (a step spanning
+    several ``__consumer_offsets`` partitions), so memory can follow the log.
+    """
+
+    def __init__(self, message: str, error_code: ErrorCode, written: list):
+        super().__init__(message)
+        self.error_code = error_code
+        self.written = written
 
 
 class Waiter:
@@ -150,6 +181,14 @@ class GroupCoordinator:
         return count
 
     async def _run_timers(self) -> None:
+        """Sleep until the earliest deadline, then run what is due; forever.
+
+        A fault boundary: one group's timer failing must not end the broker
+        (this task runs in the broker's nursery, so anything escaping it
+        would).  The coordinator opens no nursery of its own, so what can
+        arrive here is a plain exception, never a group; ``Cancelled`` is a
+        BaseException and passes through to shut the task down.
+        """
         while True:
             self._wakeup = trio.Event()
             deadline = self.state.next_deadline()
@@ -164,20 +203,94 @@ class GroupCoordinator:
                 continue
             self._sleeping_until = -1  # running: anything new is looked at on the next pass
             try:
-                res = self.state.tick(self.clock())
+                self.run_due_timers(self.clock())
             except Exception:
-                log.exception("group coordinator timer failed")
-                continue
-            self._apply(res)
+                # run_due_timers already contains each timer's failure; this is a bug in the loop
+                # itself.  Back off instead of spinning on it.
+                log.exception("group coordinator timer loop failed; retrying in %d ms", TIMER_RETRY_MS)
+                await trio.sleep(TIMER_RETRY_MS / 1000)
+
+    def run_due_timers(self, now: int) -> None:
+        """Run every timer due at ``now``, each as its own step (own checkpoint, own write)."""
+        state = self.state
+        while (scope := state.timer_scope(now)) is not None:
+            key = state.timers.peek_due(now)
+            action = state.timers.action_of(key)
+            failed = False
+            try:
+                self._execute(lambda: state.run_timer(now), scope)
+            except AppendFailed:
+                failed = True  # already logged and undone by _execute
+            except Exception:
+                log.exception("group coordinator timer %r failed; undone, retrying in %d ms", key, TIMER_RETRY_MS)
+                failed = True
+            if failed:
+                # The undo put a group timer back as due; an undone retention pass re-armed itself
+                # before failing, or not at all if it raised.  Either way it comes back later.
+                if state.timers.is_scheduled(key):
+                    state.timers.postpone(key, now + TIMER_RETRY_MS)
+                elif action is not None:
+                    state.timers.schedule(key, now + TIMER_RETRY_MS, action)
 
     # -- effects -------------------------------------------------------------------------
-    def _apply(self, res: Result) -> None:
+    def _execute(self, step, scope, *, crash: str | None = None) -> Result:
+        """Run one state-machine step with write-then-apply semantics.
+
+        ``scope`` names the groups the step may change as it decides
+        (membership steps); they are checkpointed first.  Offset changes are
+        deferred by the state machine itself (``Result.effects``) and need no
+        checkpoint, which keeps the commit path free of copies.
+
+        If the records are appended, the deferred effects are applied, parked
+        requests the step finished are woken and the result is returned for
+        the caller to answer.  If not, the checkpoint is restored, nothing is
+        applied or woken (requests parked before the step stay parked, as the
+        restored groups expect) and :class:`AppendFailed` is raised for the
+        caller to answer with its ``error_code``.  An exception from the step
+        itself is undone the same way and re-raised.
+        """
+        cp = self.state.checkpoint(scope) if scope else None
+        try:
+            res = step()
+        except BaseException:
+            if cp is not None:
+                self.state.restore(cp)
+            raise
         if res.records:
             try:
                 self._append(res.records)
-            except Exception:
-                # The in-memory state already moved on; a restart would replay the older records.
-                log.exception("could not append %d records to %s", len(res.records), OFFSETS_TOPIC)
+            except AppendFailed as e:
+                if cp is not None:
+                    self.state.restore(cp)
+                self._replay_written(e.written)
+                log.warning("could not write %d records to %s: %s; answering %s, nothing applied",
+                            len(res.records), OFFSETS_TOPIC, e, e.error_code.name)
+                raise
+            if crash is not None:
+                crash_point(crash)
+        res.apply()
+        self._deliver(res)
+        return res
+
+    def _replay_written(self, written: list) -> None:
+        """Apply records that reached the log before a multi-partition write failed."""
+        for key, value in written:
+            name, k, v = R.decode(key, value)
+            self.state.replay(name, k, v)
+
+    def _apply(self, res: Result) -> None:
+        """Deliver the start-up step (timers armed after loading); it has nothing to undo to."""
+        if res.records:
+            try:
+                self._append(res.records)
+            except AppendFailed as e:
+                log.error("after loading, could not write %d records to %s: %s",
+                          len(res.records), OFFSETS_TOPIC, e)
+                return
+        res.apply()
+        self._deliver(res)
+
+    def _deliver(self, res: Result) -> None:
         for waiter, response in res.completions:
             if waiter is not None:
                 waiter.response = response
@@ -200,17 +313,36 @@ class GroupCoordinator:
         return partition_for(group_id, self.num_partitions())
 
     def _append(self, records: list) -> None:
+        """Append one batch per ``__consumer_offsets`` partition; :class:`AppendFailed` if any fails.
+
+        One batch is all-or-nothing in the log, and a step's records almost
+        always belong to one group, hence one partition.  Steps that span
+        partitions (group deletion, offset retention) stop at the first
+        failure and report what was written before it.
+
+        The append is synchronous (no await), so no other task can observe
+        the step's state between its decision and its write.
+        """
         n = self.num_partitions()
         by_partition: dict[int, list] = {}
         for rec in records:
             by_partition.setdefault(partition_for(rec.group_id, n), []).append(R.encode(rec))
+        written: list = []
         for index, kvs in by_partition.items():
             part = self.broker.partition(OFFSETS_TOPIC, index)
             if part is None:
-                log.error("%s-%d is not hosted here; %d records lost", OFFSETS_TOPIC, index, len(kvs))
-                continue
-            # Internal writes skip Produce's client-facing checks: straight to the log.
-            part.append_internal(bytearray(encode_batch(kvs)))
+                # Kafka answers a write to a partition it cannot find (UNKNOWN_TOPIC_OR_PARTITION)
+                # with COORDINATOR_NOT_AVAILABLE: retriable, the client looks again.
+                raise AppendFailed(f"{OFFSETS_TOPIC}-{index} is not hosted here",
+                                   ErrorCode.COORDINATOR_NOT_AVAILABLE, written)
+            try:
+                # Internal writes skip Produce's client-facing checks: straight to the log.
+                part.append_internal(bytearray(encode_batch(kvs)))
+            except (KafkaStorageError, OSError) as e:
+                # Kafka maps KAFKA_STORAGE_ERROR on the coordinator's partition to NOT_COORDINATOR:
+                # the client finds the coordinator again (possibly moved, once there is a cluster).
+                raise AppendFailed(f"{OFFSETS_TOPIC}-{index}: {e}", ErrorCode.NOT_COORDINATOR, written) from e
+            written.extend(kvs)
 
     async def ensure_topic(self) -> ErrorCode:
         """Create ``__consumer_offsets`` on first use; COORDINATOR_NOT_AVAILABLE if that fails."""
@@ -238,40 +370,54 @@ class GroupCoordinator:
         return ErrorCode.NONE
 
     # -- operations ------------------------------------------------------------------------
-    async def _parkable(self, op, req):
+    # Each takes a ``failed(code)`` that builds the operation's answer for a write that failed.
+    async def _parkable(self, op, req, failed):
         waiter = Waiter()
-        res = op(req, self.clock(), waiter)
-        self._apply(res)
+        try:
+            res = self._execute(lambda: op(req, self.clock(), waiter), (req.group_id,))
+        except AppendFailed as e:
+            return failed(e.error_code)
         if res.response is not None:
             return res.response
         return await waiter.wait()
 
     async def join(self, req):
-        return await self._parkable(self.state.join, req)
+        return await self._parkable(self.state.join, req, lambda code: join_error(code, req.member_id))
 
     async def sync(self, req):
-        return await self._parkable(self.state.sync, req)
+        return await self._parkable(self.state.sync, req, sync_error)
 
-    def _now_op(self, op, *args, **kw):
-        res = op(*args, self.clock(), **kw)
-        self._apply(res)
-        return res.response
+    def _now_op(self, step, scope, failed, *, crash=None):
+        try:
+            return self._execute(step, scope, crash=crash).response
+        except AppendFailed as e:
+            return failed(e.error_code)
 
     async def heartbeat(self, req):
-        return self._now_op(self.state.heartbeat, req)
+        # A classic heartbeat only moves timers and never writes: no checkpoint, which matters
+        # because it is the most frequent request of a large group.
+        return self._now_op(lambda: self.state.heartbeat(req, self.clock()), (),
+                            lambda code: {"error_code": code})
 
     async def leave(self, req):
-        return self._now_op(self.state.leave, req)
+        return self._now_op(lambda: self.state.leave(req, self.clock()), (req.group_id,),
+                            lambda code: {"error_code": code, "members": []})
 
     async def commit_offsets(self, req):
-        return self._now_op(self.state.commit_offsets, req)
+        # Offsets are effects, applied only after the write: no checkpoint needed.
+        return self._now_op(
+            lambda: self.state.commit_offsets(req, self.clock()), (),
+            lambda code: {t: {p.partition: code for p in parts} for t, parts in req.topics.items()},
+            crash="offset.commit",
+        )
 
     async def fetch_offsets(self, group_id, topics, *, require_stable=False, member_id=None, member_epoch=-1):
         return self.state.fetch_offsets(group_id, topics, self.clock(), require_stable=require_stable,
                                         member_id=member_id, member_epoch=member_epoch)
 
     async def delete_offsets(self, group_id, topics):
-        return self._now_op(self.state.delete_offsets, group_id, topics)
+        return self._now_op(lambda: self.state.delete_offsets(group_id, topics, self.clock()), (),
+                            lambda code: (code, {}))
 
     async def list_groups(self, states=(), types=()):
         return self.state.list_groups(states, types)
@@ -280,13 +426,22 @@ class GroupCoordinator:
         return self.state.describe_group(group_id)
 
     async def consumer_heartbeat(self, req):
-        return self._now_op(self.state.consumer_heartbeat, req, topics=ImageTopics(self.broker.image))
+        topics = ImageTopics(self.broker.image)
+        return self._now_op(
+            lambda: self.state.consumer_heartbeat(req, self.clock(), topics=topics), (req.group_id,),
+            lambda code: self.state._hb_response(code, None),
+        )
 
     async def consumer_group_describe(self, group_id):
         return self.state.consumer_group_describe(group_id, ImageTopics(self.broker.image))
 
     async def delete_groups(self, group_ids):
-        return self._now_op(self.state.delete_groups, group_ids)
+        """One step per group: each group's records go to its own partition, so each is all-or-nothing."""
+        answers = []
+        for gid in group_ids:
+            answers.extend(self._now_op(lambda gid=gid: self.state.delete_groups([gid], self.clock()), (gid,),
+                                        lambda code, gid=gid: [(gid, code)]))
+        return answers
 
 
-__all__ = ["GroupCoordinator", "Waiter", "OFFSETS_TOPIC"]
+__all__ = ["GroupCoordinator", "Waiter", "AppendFailed", "OFFSETS_TOPIC", "TIMER_RETRY_MS"]

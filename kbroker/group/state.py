@@ -8,7 +8,11 @@ commit/fetch/delete, list, describe, delete groups) or :meth:`tick`, which
 runs the timers that are due.  Each returns a :class:`Result`:
 
 * ``records``: coordinator records to append to ``__consumer_offsets``
-  before anything is answered (the in-memory state already reflects them);
+  before anything is answered;
+* ``effects``: changes to the offsets (commit, delete, expiry) that the
+  step has decided but not made: the caller runs them with
+  :meth:`Result.apply` once the records are durable, and drops them if the
+  append failed, so a lost write never shows up as a committed offset;
 * ``response``: the answer to this request, or None when the request is
   parked (a JoinGroup waiting for the rebalance, a follower's SyncGroup
   waiting for the leader);
@@ -17,8 +21,17 @@ runs the timers that are due.  Each returns a :class:`Result`:
 
 Parked requests are identified by the opaque ``waiter`` passed in with
 them; the caller (the trio shell, or a test) decides what a waiter is.
+Membership steps (join, sync, leave, KIP-848 heartbeats, their timers,
+group deletion) change groups as they decide, because a rebalance is one
+intertwined computation.  For those the caller takes a :meth:`checkpoint`
+of the groups the step may touch before running it and :meth:`restore` s it
+if the records could not be written -- Kafka's coordinator runtime reverts
+its timeline snapshot the same way.  A checkpoint copies only the groups in
+its scope; the hot offset-commit path needs none (its changes are effects).
+
 Timers are held in :class:`~kbroker.group.timers.Timers`; the caller asks
-:meth:`next_deadline` and calls :meth:`tick` when it passes.  Start-up
+:meth:`next_deadline` and calls :meth:`run_timer` (one timer, one step, one
+scope: :meth:`timer_scope`) or :meth:`tick` (all that are due) when it passes.  Start-up
 replays the log through :meth:`replay` and then calls :meth:`on_loaded`.
 
 The semantics follow Kafka's group coordinator (classic protocol, Kafka 4.x):
@@ -29,6 +42,7 @@ session timeouts, pending-sync expiry, and offset retention.
 
 from __future__ import annotations
 
+import copy
 import logging
 import uuid
 from dataclasses import dataclass, field
@@ -192,10 +206,27 @@ class Result:
     records: list = field(default_factory=list)
     response: Any = None
     completions: list = field(default_factory=list)
+    effects: list = field(default_factory=list)
 
     def extend(self, other: "Result") -> None:
         self.records.extend(other.records)
         self.completions.extend(other.completions)
+        self.effects.extend(other.effects)
+
+    def apply(self) -> None:
+        """Make the step's deferred changes; call once its records are durable."""
+        effects, self.effects = self.effects, []
+        for effect in effects:
+            effect()
+
+
+@dataclass
+class Checkpoint:
+    """The groups (with their offsets and timers) a step may change, as they were before it."""
+
+    groups: dict  # group id -> a deep copy of the group, or None if it did not exist
+    offsets: dict  # group id -> a copy of its offsets, or None
+    timers: dict
 
 
 def _sync_ok(group: ClassicGroup, assignment: bytes) -> dict:
@@ -229,16 +260,89 @@ class GroupCoordinatorState(ConsumerGroupsMixin):
     def _record(self, record: CoordinatorRecord) -> None:
         self._res.records.append(record)
 
+    def _after_write(self, effect: Callable[[], None]) -> None:
+        self._res.effects.append(effect)
+
     def next_deadline(self) -> int | None:
         return self.timers.next_deadline()
 
     def tick(self, now: int) -> Result:
-        """Run every timer due at ``now``, earliest first."""
+        """Run every timer due at ``now``, earliest first, applying each one's effects at once.
+
+        For callers that write nothing (tests of the state machine); a caller
+        that appends records runs :meth:`run_timer` step by step instead.
+        """
         res = self._begin(now)
-        while (due := self.timers.pop_due(now)) is not None:
-            _key, action = due
-            action()
+        while (step := self.run_timer(now)) is not None:
+            step.apply()
+            res.extend(step)
+        self._res = res
         return res
+
+    def timer_scope(self, now: int) -> tuple | None:
+        """The groups the next due timer may change (for :meth:`checkpoint`), or None if none is due.
+
+        A group's timers touch only that group.  The coordinator-wide
+        offset-retention timer touches many, but it changes nothing before
+        its records are written (its changes are effects), so it needs no
+        checkpoint: its scope is empty.
+        """
+        key = self.timers.peek_due(now)
+        if key is None:
+            return None
+        gid = Timers.group_of(key)
+        return () if gid is None else (gid,)
+
+    def run_timer(self, now: int) -> Result | None:
+        """Run the earliest timer due at ``now`` as one step, or return None if none is due."""
+        due = self.timers.pop_due(now)
+        if due is None:
+            return None
+        res = self._begin(now)
+        _key, action = due
+        action()
+        return res
+
+    # -- undo for membership steps ---------------------------------------------------
+    def checkpoint(self, group_ids: Iterable[str]) -> Checkpoint:
+        """Copy what a step over ``group_ids`` may change, so :meth:`restore` can undo it.
+
+        Parked requests' waiters are shared, not copied: they are the
+        caller's handles, and a restored group must still hold the very
+        waiters its parked requests are waiting on.
+        """
+        groups: dict = {}
+        offsets: dict = {}
+        for gid in group_ids:
+            group = self.groups.get(gid)
+            if group is None:
+                groups[gid] = None
+            else:
+                memo: dict = {}
+                if isinstance(group, ClassicGroup):
+                    for m in group.members.values():
+                        for w in (m.join_waiter, m.sync_waiter):
+                            if w is not None:
+                                memo[id(w)] = w
+                groups[gid] = copy.deepcopy(group, memo)
+            by_topic = self.offsets.get(gid)
+            # OffsetAndMetadata is immutable: copying the two dict levels is enough.
+            offsets[gid] = None if by_topic is None else {t: dict(ps) for t, ps in by_topic.items()}
+        return Checkpoint(groups, offsets, self.timers.snapshot(groups))
+
+    def restore(self, cp: Checkpoint) -> None:
+        """Undo a step: its groups, their offsets and timers are as at :meth:`checkpoint`."""
+        for gid, group in cp.groups.items():
+            if group is None:
+                self.groups.pop(gid, None)
+            else:
+                self.groups[gid] = group
+        for gid, by_topic in cp.offsets.items():
+            if by_topic is None:
+                self.offsets.pop(gid, None)
+            else:
+                self.offsets[gid] = by_topic
+        self.timers.restore(cp.timers)
 
     def _classic(self, group_id: str) -> ClassicGroup | None:
         g = self.groups.get(group_id)
@@ -726,9 +830,9 @@ class GroupCoordinatorState(ConsumerGroupsMixin):
         group = self.groups.get(req.group_id)
         if group is None:
             if req.generation_id < 0:
-                # A "simple" group: offsets only, no membership.
+                # A "simple" group: offsets only, no membership.  It exists once its offsets do.
                 group = ClassicGroup(req.group_id, EMPTY, state_timestamp=now)
-                self.groups[req.group_id] = group
+                self._after_write(lambda gid=req.group_id, g=group: self.groups.setdefault(gid, g))
             else:
                 code = ErrorCode.GROUP_ID_NOT_FOUND if req.version >= 9 else ErrorCode.ILLEGAL_GENERATION
                 res.response = all_failed(code)
@@ -755,7 +859,8 @@ class GroupCoordinatorState(ConsumerGroupsMixin):
                     continue
                 om = OffsetAndMetadata(p.offset, p.leader_epoch, meta, now, expire)
                 self._record(offset_commit_record(req.group_id, topic, p.partition, om))
-                self._put_offset(req.group_id, topic, p.partition, om)
+                self._after_write(lambda gid=req.group_id, t=topic, part=p.partition, om=om:
+                                  self._put_offset(gid, t, part, om))
                 out[p.partition] = ErrorCode.NONE
         res.response = answer
         return res
@@ -832,8 +937,9 @@ class GroupCoordinatorState(ConsumerGroupsMixin):
                 if subscribed:
                     out[p] = ErrorCode.GROUP_SUBSCRIBED_TO_TOPIC
                     continue
-                if self._drop_offset(group_id, topic, p):
+                if p in self.offsets.get(group_id, {}).get(topic, {}):
                     self._record(offset_tombstone(group_id, topic, p))
+                    self._after_write(lambda t=topic, part=p: self._drop_offset(group_id, t, part))
                 out[p] = ErrorCode.NONE
         res.response = (ErrorCode.NONE, answer)
         return res
@@ -860,12 +966,19 @@ class GroupCoordinatorState(ConsumerGroupsMixin):
                 continue
             if isinstance(group, ClassicGroup) and group.state is EMPTY:
                 self._record(group_tombstone(gid))
-                group.state = DEAD
-                del self.groups[gid]
+                self._after_write(lambda gid=gid, group=group: self._forget_expired_group(gid, group, dead=True))
             elif isinstance(group, ConsumerGroup) and not group.members:
                 for rec in tombstones_for_group(gid):
                     self._record(rec)
-                del self.groups[gid]
+                self._after_write(lambda gid=gid, group=group: self._forget_expired_group(gid, group))
+
+    def _forget_expired_group(self, gid: str, group, dead: bool = False) -> None:
+        # Only the object the expiry looked at: nothing runs between the decision and
+        # this effect today, but a group re-created in between must not be deleted.
+        if self.groups.get(gid) is group:
+            if dead:
+                group.state = DEAD
+            del self.groups[gid]
 
     def _cleanup_expired_offsets(self, group_id: str) -> bool:
         by_topic = self.offsets.get(group_id)
@@ -889,7 +1002,7 @@ class GroupCoordinatorState(ConsumerGroupsMixin):
                     expired = now - base(om) >= retention
                 if expired:
                     self._record(offset_tombstone(group_id, topic, p))
-                    self._drop_offset(group_id, topic, p)
+                    self._after_write(lambda t=topic, part=p: self._drop_offset(group_id, t, part))
                 else:
                     all_expired = False
         return all_expired

@@ -56,6 +56,8 @@ class Harness:
 
     # -- driving --------------------------------------------------------------------
     def _take(self, res):
+        # Nothing is written here, so every write "succeeds": deferred effects apply at once.
+        res.apply()
         self.records.extend(res.records)
         for waiter, response in res.completions:
             waiter.response = response
