@@ -46,6 +46,7 @@ from crc32c import crc32c
 from protocol.errors import ProtocolError
 from protocol.records import LOG_OVERHEAD, BATCH_HEADER_SIZE, Compression, decode_batch
 
+from ..crashpoints import crash_point
 from .errors import CorruptRecord
 from .segment import MAX_RELATIVE_OFFSET, Segment, _header_at, file_stem
 
@@ -198,6 +199,13 @@ class CompactionJob:
         new, max_ts = encode_compacted_batch(h, keep, new_horizon)
         return new, max_ts, removed, tombs
 
+    def is_stale(self, log) -> bool:
+        """True when the log changed under the job (commit would abort anyway)."""
+        live = {id(s) for s in log.segments}
+        return log.closed or self.generation != log.generation or any(
+            id(ref.seg) not in live for g in self.groups for ref in g
+        )
+
     def discard(self) -> None:
         """Close and delete the outputs (abort)."""
         for out in self.outputs:
@@ -279,10 +287,7 @@ def commit_compaction(log, job: CompactionJob):
     if not job.ran:
         job.discard()
         return CompactionStats(aborted=True)
-    live = {id(s) for s in log.segments}
-    if log.closed or job.generation != log.generation or any(
-        id(ref.seg) not in live for g in job.groups for ref in g
-    ):
+    if job.is_stale(log):
         job.discard()
         return CompactionStats(aborted=True)
     d = log.path
@@ -296,6 +301,7 @@ def commit_compaction(log, job: CompactionJob):
         out.log_path = swap
         swaps.append((group, out))
     _fsync_dir(d)
+    crash_point("compaction.swap")  # .swap files complete, old segments still in place
     # 2. retire the old segments, 3. swap -> .log
     for group, out in swaps:
         idx = log.segments.index(group[0].seg)

@@ -32,6 +32,7 @@ import os
 import random
 import shutil
 import struct
+import threading
 import time
 from bisect import bisect_right
 from dataclasses import dataclass
@@ -40,6 +41,7 @@ from typing import Callable
 from protocol.errors import ProtocolError
 from protocol.records import BATCH_HEADER_SIZE, LOG_OVERHEAD, BatchHeader, set_log_append_time
 
+from ..crashpoints import crash_point
 from . import producer_state as ps
 from .config import LogConfig
 from .errors import (
@@ -116,11 +118,18 @@ class CompactionStats:
 
 @dataclass
 class FlushJob:
-    """fsync work captured by :meth:`PartitionLog.prepare_flush` (run it anywhere)."""
+    """fsync work captured by :meth:`PartitionLog.prepare_flush` (run it anywhere).
+
+    After the data is durable the job also writes the recovery-point
+    checkpoint (``checkpoint``), so the whole flush -- the slow part of it
+    being fsyncs -- stays off the owner's thread; the in-memory recovery
+    point moves only in :meth:`PartitionLog.complete_flush`, after success.
+    """
 
     target_offset: int
     fds: list[int]  # dup'ed descriptors, closed by run()
     paths: list[str]  # index files / directory to fsync by path
+    checkpoint: Callable[[int], None] | None = None
     done: bool = False
 
     def run(self) -> None:
@@ -137,13 +146,42 @@ class FlushJob:
                 finally:
                     os.close(fd)
         finally:
-            for fd in self.fds:
-                try:
-                    os.close(fd)
-                except OSError:
-                    pass
-            self.fds = []
+            self.close()
+        if self.checkpoint is not None:
+            self.checkpoint(self.target_offset)
         self.done = True
+
+    def close(self) -> None:
+        for fd in self.fds:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self.fds = []
+
+
+@dataclass
+class TimestampDecode:
+    """One batch to decode for :meth:`PartitionLog.timestamp_lookup` (bytes are private: any thread)."""
+
+    data: bytes
+    target: int
+    min_offset: int
+    resume_offset: int  # where to continue if this batch holds no match
+    records_count: int  # as the header claims: how costly run() may be
+    where: str
+
+    def run(self) -> tuple[int, int] | None:
+        from protocol.records import decode_batch
+
+        try:
+            _h, records = decode_batch(self.data, 0)
+        except ProtocolError as e:
+            raise CorruptRecord(f"{self.where}: {e}") from None
+        for r in records:
+            if r.timestamp >= self.target and r.offset >= self.min_offset:
+                return r.offset, r.timestamp
+        return None
 
 
 def parse_log_dir_name(name: str) -> tuple[str, int] | None:
@@ -178,6 +216,18 @@ class PartitionLog:
         self._cleaner_state: dict = {}
         self.closed = False
         self.recovered_bytes_truncated = 0
+        # Set once an I/O error made this log (its whole log dir) unusable;
+        # every later read or write answers KafkaStorageError, as Kafka's
+        # offline log dirs do.  Cleared only by a restart (which recovers).
+        self.offline = False
+        # Called with (log, error) when an OSError becomes a KafkaStorageError;
+        # the LogManager uses it to take the whole log dir offline.
+        self.on_storage_error: Callable[["PartitionLog", KafkaStorageError], None] | None = None
+        # The log-start-offset and recovery-point checkpoints are written from
+        # worker threads too (DeleteRecords, flushes); the lock keeps two
+        # writers off the same temp file and orders them against truncation.
+        self._checkpoint_lock = threading.Lock()
+        self._lso_persisted = 0
 
     # ================================================================== open
 
@@ -223,6 +273,7 @@ class PartitionLog:
                         _unlink(os.path.join(d, name))
 
         log_start_ckpt = _read_int_file(os.path.join(d, LOG_START_OFFSET_FILE))
+        self._lso_persisted = log_start_ckpt or 0
         rp_ckpt = _read_int_file(os.path.join(d, RECOVERY_POINT_FILE)) or 0
         self._cleaner_state = _read_json_file(os.path.join(d, CLEANER_CHECKPOINT_FILE))
 
@@ -285,9 +336,11 @@ class PartitionLog:
         segment whose base offset is in [base, end).
         """
         d = self.path
+        swapped = False
         for name in sorted(os.listdir(d)):
             if not name.endswith(SWAP_SUFFIX):
                 continue
+            swapped = True
             stem = name[:-len(SWAP_SUFFIX)]
             lo, sep, hi = stem.partition("-")
             if not sep or not lo.isdigit() or not hi.isdigit():
@@ -300,7 +353,10 @@ class PartitionLog:
                     if lo_i <= b < hi_i:
                         _delete_segment_files(d, b)
             os.replace(os.path.join(d, name), os.path.join(d, file_stem(lo_i) + LOG_SUFFIX))
-        _fsync_dir(d)
+        if swapped:
+            # only then is there a rename to make durable; a new partition's
+            # open (CreateTopics, on the trio thread) pays no fsync here
+            _fsync_dir(d)
 
     def _load_producer_state(self) -> None:
         self._rebuild_producer_state_to(self.log_end_offset)
@@ -317,6 +373,25 @@ class PartitionLog:
             for _pos, h in seg.iter_headers(start, seg.size):
                 if h.last_offset >= from_offset:
                     mgr.record_header(h)
+
+    # ================================================================== I/O failures
+
+    def _storage_error(self, what: str, exc: OSError) -> KafkaStorageError:
+        """Turn an OSError into KAFKA_STORAGE_ERROR and report it (the dir goes offline).
+
+        Kafka treats any IOException on a log as a failure of its log dir:
+        after a failed write nobody knows what reached the disk, so the
+        only safe answers are errors until a restart has recovered the log.
+        """
+        err = KafkaStorageError(f"{self.path}: {what} failed: {exc}")
+        self.offline = True
+        if self.on_storage_error is not None:
+            self.on_storage_error(self, err)
+        return err
+
+    def _check_online(self) -> None:
+        if self.offline:
+            raise KafkaStorageError(f"{self.path}: the log directory is offline")
 
     # ================================================================== properties
 
@@ -373,6 +448,7 @@ class PartitionLog:
         ``batches`` must be writable (bytearray / writable memoryview) when
         anything is patched; bytes are copied once in that case.
         """
+        self._check_online()
         now = _now_ms() if now_ms is None else now_ms
         buf = batches
         n = len(buf)
@@ -422,22 +498,27 @@ class PartitionLog:
             pos += size
         last_offset = next_off - 1
 
-        # ---- producer state
+        # ---- producer state: judged on a scratch copy of the entries involved
+        # The real state must not move until the bytes are in the file: a
+        # failed roll or write followed by the client's retry must not be
+        # answered "duplicate" with offsets that were never written.
         pstate = self.producer_state
-        saved = None
+        pending: ps.ProducerStateManager | None = None
         if pid_batches:
-            saved = pstate.snapshot_entries({h.producer_id for _i, h in pid_batches}), pstate.map_end_offset
+            pending = ps.ProducerStateManager()
+            for pid, entry in pstate.snapshot_entries({h.producer_id for _i, h in pid_batches}).items():
+                if entry is not None:
+                    pending.producers[pid] = entry
             for i, h in pid_batches:
                 _p, base, nxt, bts = metas[i]
                 if not check or h.is_control:
-                    pstate.record_header(h._replace(base_offset=base, max_timestamp=bts))
+                    pending.record_header(h._replace(base_offset=base, max_timestamp=bts))
                     continue
-                res = pstate.check(h.producer_id, h.producer_epoch, h.base_sequence, h.last_sequence)
+                res = pending.check(h.producer_id, h.producer_epoch, h.base_sequence, h.last_sequence)
                 if res.verdict is ps.Verdict.OK:
-                    pstate.record(h.producer_id, h.producer_epoch, h.base_sequence, h.last_sequence,
-                                  base, nxt - 1, bts, is_transactional=h.is_transactional)
+                    pending.record(h.producer_id, h.producer_epoch, h.base_sequence, h.last_sequence,
+                                   base, nxt - 1, bts, is_transactional=h.is_transactional)
                     continue
-                pstate.restore(*saved)
                 if res.verdict is ps.Verdict.DUPLICATE:
                     d = res.duplicate
                     return AppendInfo(d.first_offset, d.last_offset, -1, d.timestamp, 0, 0, 0,
@@ -457,14 +538,17 @@ class PartitionLog:
             for p, _b, _n, _t in metas:
                 set_log_append_time(buf, p, log_append_time_ms)
 
-        # ---- roll if needed, then one write
-        rolled = self._maybe_roll(n, first_base, last_offset, max_ts, now)
+        # ---- roll if needed, then one write.  Segment.append cuts the file
+        # back on a failed write and touches its in-memory summary only after
+        # the bytes are in, so an OSError here leaves the log as it was.
         try:
+            rolled = self._maybe_roll(n, first_base, last_offset, max_ts, now)
             self.active_segment.append(buf, metas)
         except OSError as e:
-            if saved is not None:
-                pstate.restore(*saved)
-            raise KafkaStorageError(f"{self.path}: append failed: {e}") from e
+            raise self._storage_error("append", e) from e
+        crash_point("log.append")
+        if pending is not None:
+            pstate.producers.update(pending.producers)
         pstate.map_end_offset = self.log_end_offset
         return AppendInfo(
             first_offset=first_base,
@@ -504,10 +588,13 @@ class PartitionLog:
         return True
 
     def _replace_empty_active(self, base: int, now: int) -> None:
-        old = self.segments.pop()
-        self._bases.pop()
-        old.delete_files()
+        # The new segment is created before the old one is dropped, so a
+        # failure (EMFILE) leaves the log with its old, still valid, active segment.
+        old = self.active_segment
         self._add_segment(base, now)
+        self.segments.remove(old)
+        self._bases.remove(old.base_offset)
+        old.delete_files()
 
     def _add_segment(self, base: int, now: int) -> Segment:
         seg = Segment.create(self.path, base, now_ms=now, **self._seg_kwargs())
@@ -530,6 +617,7 @@ class PartitionLog:
         active.persist_indexes()
         base = self.log_end_offset if base_offset is None else max(base_offset, self.log_end_offset)
         seg = self._add_segment(base, now)
+        crash_point("segment.roll")
         self.producer_state.map_end_offset = self.log_end_offset
         self._take_producer_snapshot()
         return seg
@@ -560,6 +648,7 @@ class PartitionLog:
         read may stop early at a segment boundary.  Raises
         :class:`OffsetOutOfRange` outside [log_start_offset, log_end_offset].
         """
+        self._check_online()
         lso, leo = self.log_start_offset, self.log_end_offset
         if offset < lso or offset > leo:
             raise OffsetOutOfRange(offset, lso, leo)
@@ -583,41 +672,77 @@ class PartitionLog:
 
     # ================================================================== timestamps
 
-    def offset_for_timestamp(self, timestamp: int) -> tuple[int, int] | None:
-        """(offset, timestamp) of the first record with timestamp >= ``timestamp``.
+    def timestamp_lookup(self, timestamp: int, from_offset: int = 0) -> "tuple[int, int] | TimestampDecode | None":
+        """Start (or resume) a search for the first record with timestamp >= ``timestamp``.
 
-        Exact per record (the one candidate batch is decoded).  Records below
-        the log start offset are skipped.  None if there is no such record.
+        Returns the answer ``(offset, timestamp)``, None when no record
+        qualifies, or a :class:`TimestampDecode` when one batch must be
+        decoded to decide.  Decoding is the only step whose cost the client
+        controls (a small compressed batch may declare millions of records),
+        so it is handed back to the caller to run where it cannot stall
+        other work -- a worker thread -- before calling again with
+        ``from_offset=job.resume_offset`` if the batch held no match.
+
+        Most lookups need no decoding at all: a batch whose timestamps are
+        all the same (LogAppendTime) or whose first record already qualifies
+        answers from its header.  The first record's timestamp is the base
+        timestamp -- producers write the first record with delta 0 -- and
+        the first record sits at the base offset when the batch has no
+        offset gaps (records_count == last_offset_delta + 1; compaction
+        leaves gaps) and no delete horizon (compaction reuses the base
+        timestamp field for it).
         """
-        from protocol.records import decode_batch
-
-        lso = self.log_start_offset
-        for seg in self.segments:
+        self._check_online()
+        lso = max(self.log_start_offset, from_offset)
+        for seg in list(self.segments):
             if seg.max_timestamp < timestamp or seg.next_offset <= lso:
                 continue
             found = seg.find_by_timestamp(timestamp)
             if found is None:
                 continue
-            pos = found[0]
-            for p, h in seg.iter_headers(pos, seg.size):
-                if h.max_timestamp < timestamp or h.last_offset < lso:
-                    continue
-                data = os.pread(seg.fd, h.batch_length + LOG_OVERHEAD, p)
-                try:
-                    _h, records = decode_batch(data, 0)
-                except ProtocolError as e:
-                    raise CorruptRecord(f"{seg.log_path}: batch at {p}: {e}") from None
-                for r in records:
-                    if r.timestamp >= timestamp and r.offset >= lso:
-                        return r.offset, r.timestamp
+            try:
+                for p, h in seg.iter_headers(found[0], seg.size):
+                    if h.max_timestamp < timestamp or h.last_offset < lso:
+                        continue
+                    if h.base_offset >= lso and h.records_count > 0:
+                        if h.timestamp_type == 1:  # LogAppendTime: every record has max_timestamp
+                            return h.base_offset, h.max_timestamp
+                        if (h.base_timestamp >= timestamp and not h.has_delete_horizon
+                                and h.records_count == h.last_offset_delta + 1):
+                            return h.base_offset, h.base_timestamp
+                    data = os.pread(seg.fd, h.batch_length + LOG_OVERHEAD, p)
+                    return TimestampDecode(data, timestamp, lso, h.next_offset, h.records_count,
+                                           f"{seg.log_path}: batch at {p}")
+            except OSError as e:
+                raise self._storage_error("timestamp lookup", e) from e
         return None
 
-    def latest_timestamp(self) -> tuple[int, int] | None:
-        """(offset, timestamp) of the record with the largest timestamp (first such record)."""
+    def offset_for_timestamp(self, timestamp: int) -> tuple[int, int] | None:
+        """(offset, timestamp) of the first record with timestamp >= ``timestamp``.
+
+        Exact per record.  Records below the log start offset are skipped.
+        None if there is no such record.  Decodes in the caller's thread;
+        the broker uses :meth:`timestamp_lookup` to decode elsewhere.
+        """
+        step = self.timestamp_lookup(timestamp)
+        while isinstance(step, TimestampDecode):
+            found = step.run()
+            if found is not None:
+                return found
+            step = self.timestamp_lookup(timestamp, step.resume_offset)
+        return step
+
+    def max_timestamp_target(self) -> int:
+        """The largest batch timestamp at or above the log start offset, -1 if none."""
         best = -1
         for seg in self.segments:
             if seg.next_offset > self.log_start_offset and seg.max_timestamp > best:
                 best = seg.max_timestamp
+        return best
+
+    def latest_timestamp(self) -> tuple[int, int] | None:
+        """(offset, timestamp) of the record with the largest timestamp (first such record)."""
+        best = self.max_timestamp_target()
         if best < 0:
             return None
         return self.offset_for_timestamp(best)
@@ -629,16 +754,62 @@ class PartitionLog:
 
         Whole segments below it are deleted (the active segment is kept).
         Returns the new log start offset.  Raises OffsetOutOfRange if
-        ``offset`` > log end offset.
+        ``offset`` > log end offset.  All three steps in the caller's
+        thread; the broker runs the middle one (an fsync) in a worker.
         """
+        target = self.prepare_delete_records(offset)
+        if target is None:
+            return self.log_start_offset
+        generation = self.generation
+        try:
+            self.persist_log_start_offset(target, generation)
+        except OSError as e:
+            raise self._storage_error("log start offset checkpoint", e) from e
+        return self.commit_delete_records(target, generation)
+
+    def prepare_delete_records(self, offset: int) -> int | None:
+        """Validate a DeleteRecords offset; None when the log start is already there."""
+        self._check_online()
         if offset > self.log_end_offset or offset < 0:
             raise OffsetOutOfRange(offset, self.log_start_offset, self.log_end_offset)
         if offset <= self.log_start_offset:
-            return self.log_start_offset
-        self.log_start_offset = offset
-        self._write_log_start_offset()
-        self._delete_prefix(lambda seg, nxt_base: nxt_base is not None and nxt_base <= offset)
-        self.producer_state.truncate_head(self.log_start_offset)
+            return None
+        return offset
+
+    def persist_log_start_offset(self, value: int, generation: int) -> bool:
+        """Write and fsync the log-start-offset checkpoint (any thread; raises OSError).
+
+        The clients of DeleteRecords are told the records are gone, so the
+        new start must be durable before the answer; in memory it moves
+        only afterwards (:meth:`commit_delete_records`).  The checkpoint
+        never goes backwards here, and a truncation (``generation``
+        changed) in the meantime voids the write.  Returns whether the
+        value on disk is now at least ``value``.
+        """
+        with self._checkpoint_lock:
+            if generation != self.generation:
+                return False
+            if value <= self._lso_persisted:
+                return True
+            _write_int_file(os.path.join(self.path, LOG_START_OFFSET_FILE), value)
+            self._lso_persisted = value
+            return True
+
+    def commit_delete_records(self, offset: int, generation: int, *, defer: bool = False) -> int:
+        """Apply a persisted DeleteRecords in memory and retire the segments below it."""
+        self._check_online()
+        if offset > self.log_end_offset:
+            raise OffsetOutOfRange(offset, self.log_start_offset, self.log_end_offset)
+        if generation != self.generation:
+            # truncated meanwhile (follower): the worker's write was skipped
+            try:
+                self.persist_log_start_offset(offset, self.generation)
+            except OSError as e:
+                raise self._storage_error("log start offset checkpoint", e) from e
+        if offset > self.log_start_offset:
+            self.log_start_offset = offset
+            self._delete_prefix(lambda seg, nxt_base: nxt_base is not None and nxt_base <= offset, defer=defer)
+            self.producer_state.truncate_head(self.log_start_offset)
         return self.log_start_offset
 
     def apply_retention(
@@ -653,6 +824,13 @@ class PartitionLog:
         everything can be deleted while offsets keep counting up.  Returns the
         number of segments deleted.
         """
+        self._check_online()
+        try:
+            return self._apply_retention(now_ms, high_watermark, defer_file_deletion)
+        except OSError as e:
+            raise self._storage_error("retention", e) from e
+
+    def _apply_retention(self, now_ms: int, high_watermark: int | None, defer_file_deletion: bool) -> int:
         hw = self.log_end_offset if high_watermark is None else high_watermark
         deleted = self._delete_prefix(
             lambda seg, nxt_base: nxt_base is not None and nxt_base <= self.log_start_offset,
@@ -707,30 +885,52 @@ class PartitionLog:
         if victims[-1] is self.active_segment:
             self.roll(now_ms=now)
         for seg in victims:
-            self._remove_segment(seg, defer)
+            self._remove_segment(seg, True)
+        crash_point("retention.delete")
+        if not defer:
+            self.purge_deleted_files()
+        # No checkpoint write: a start moved by whole segments is the first
+        # remaining segment's base offset, which open() takes anyway
+        # (max(checkpoint, first base)).  That keeps an fsync per log out
+        # of every retention pass.
         new_start = self.segments[0].base_offset
         if new_start > self.log_start_offset:
             self.log_start_offset = new_start
-            self._write_log_start_offset()
         self.producer_state.truncate_head(self.log_start_offset)
         self._drop_cleaner_entries()
         return len(victims)
 
     def _remove_segment(self, seg: Segment, defer: bool) -> None:
-        idx = self.segments.index(seg)
-        del self.segments[idx]
-        del self._bases[idx]
-        seg.close()
-        # rename first so a crash leaves only *.deleted files, removed on open
+        # Rename first so a crash leaves only *.deleted files, removed on
+        # open.  The .log rename decides: if it fails nothing has changed;
+        # once it is done the segment leaves the list, and an index left
+        # behind by a later failure is an orphan that open() removes.
+        renamed = []
         for p in (seg.log_path, seg.index_path, seg.timeindex_path):
             try:
                 os.replace(p, p + DELETED_SUFFIX)
             except FileNotFoundError:
                 continue
-            if defer:
-                self.pending_file_deletions.append(p + DELETED_SUFFIX)
-            else:
-                _unlink(p + DELETED_SUFFIX)
+            except OSError:
+                if p != seg.log_path:
+                    continue
+                raise
+            renamed.append(p + DELETED_SUFFIX)
+            if p == seg.log_path:
+                idx = self.segments.index(seg)
+                del self.segments[idx]
+                del self._bases[idx]
+                seg.close()
+        if seg.fd >= 0:  # the .log file was already gone
+            idx = self.segments.index(seg)
+            del self.segments[idx]
+            del self._bases[idx]
+            seg.close()
+        if defer:
+            self.pending_file_deletions.extend(renamed)
+        else:
+            for p in renamed:
+                _unlink(p)
         self._dir_dirty = True
 
     def purge_deleted_files(self) -> int:
@@ -806,29 +1006,46 @@ class PartitionLog:
         return now_ms - self.last_flush_ms >= self.config.flush_ms
 
     def prepare_flush(self) -> FlushJob:
-        """Persist index tails and capture what to fsync (caller's thread)."""
+        """Persist index tails and capture what to fsync (caller's thread).
+
+        Raises KafkaStorageError (and takes the log offline) if even that
+        fails -- ``os.dup`` under descriptor exhaustion, an index write on
+        a full disk.
+        """
+        self._check_online()
         target = self.log_end_offset
         fds: list[int] = []
         paths: list[str] = []
-        for seg in self.segments:
-            if seg.next_offset <= self.recovery_point and seg is not self.active_segment:
-                continue
-            seg.persist_indexes()
-            fds.append(os.dup(seg.fd))
-            paths.extend((seg.index_path, seg.timeindex_path))
+        try:
+            for seg in self.segments:
+                if seg.next_offset <= self.recovery_point and seg is not self.active_segment:
+                    continue
+                seg.persist_indexes()
+                # a private descriptor: retention may close the segment's own
+                # while the worker thread is still fsyncing
+                fds.append(os.dup(seg.fd))
+                paths.extend((seg.index_path, seg.timeindex_path))
+        except OSError as e:
+            FlushJob(target, fds, []).close()
+            raise self._storage_error("flush", e) from e
         if self._dir_dirty:
             paths.append(self.path)
             self._dir_dirty = False
-        return FlushJob(target, fds, paths)
+        generation = self.generation
+        return FlushJob(target, fds, paths, lambda rp: self._persist_recovery_point(rp, generation))
+
+    def _persist_recovery_point(self, value: int, generation: int) -> None:
+        with self._checkpoint_lock:
+            if generation == self.generation:
+                _write_int_file(os.path.join(self.path, RECOVERY_POINT_FILE), value)
 
     def complete_flush(self, job: FlushJob, now_ms: int | None = None) -> None:
-        """Record a finished flush: advance and persist the recovery point."""
+        """Record a finished flush: advance the in-memory recovery point."""
         if not job.done or self.closed:
             return
         new_rp = min(job.target_offset, self.log_end_offset)
         if new_rp > self.recovery_point:
             self.recovery_point = new_rp
-        self._write_recovery_point()
         self.last_flush_ms = _now_ms() if now_ms is None else now_ms
 
     def flush(self, now_ms: int | None = None) -> None:
@@ -837,7 +1054,7 @@ class PartitionLog:
         try:
             job.run()
         except OSError as e:
-            raise KafkaStorageError(f"{self.path}: flush failed: {e}") from e
+            raise self._storage_error("flush", e) from e
         self.complete_flush(job, now_ms)
 
     # ================================================================== close / delete
@@ -845,6 +1062,10 @@ class PartitionLog:
     def close(self) -> None:
         """Flush, persist indexes and a producer-state snapshot, release files."""
         if self.closed:
+            return
+        if self.offline:
+            # nothing more may be written to a failed dir: the next start recovers it
+            self.close_without_flush()
             return
         self.flush()
         for seg in self.segments:
@@ -872,10 +1093,14 @@ class PartitionLog:
     # ================================================================== checkpoints
 
     def _write_log_start_offset(self) -> None:
-        _write_int_file(os.path.join(self.path, LOG_START_OFFSET_FILE), self.log_start_offset)
+        """Write the current log start, even if lower (truncation); owner's thread."""
+        with self._checkpoint_lock:
+            _write_int_file(os.path.join(self.path, LOG_START_OFFSET_FILE), self.log_start_offset)
+            self._lso_persisted = self.log_start_offset
 
     def _write_recovery_point(self) -> None:
-        _write_int_file(os.path.join(self.path, RECOVERY_POINT_FILE), self.recovery_point)
+        with self._checkpoint_lock:
+            _write_int_file(os.path.join(self.path, RECOVERY_POINT_FILE), self.recovery_point)
 
     def _write_cleaner_state(self) -> None:
         _write_json_file(os.path.join(self.path, CLEANER_CHECKPOINT_FILE), self._cleaner_state)

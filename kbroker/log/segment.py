@@ -38,6 +38,7 @@ from typing import Iterator
 
 from protocol.records import BATCH_HEADER_SIZE, LOG_OVERHEAD, BatchHeader, split_batches_lenient
 
+from ..crashpoints import crash_point
 from .errors import CorruptRecord
 
 LOG_SUFFIX = ".log"
@@ -397,6 +398,7 @@ class Segment:
                         n * _OFFSET_ENTRY.size, self._idx_dirty_tail)
             self._idx_saved = n
             self._idx_dirty_tail = False
+            crash_point("index.write")  # offset index written, time index not yet
         if self._ts_saved < len(self.ts_ts) or self._ts_dirty_tail:
             n = len(self.ts_ts)
             data = _pack_time_entries(self.ts_ts[self._ts_saved:], self.ts_rel[self._ts_saved:])
