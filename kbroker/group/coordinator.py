@@ -114,6 +114,9 @@ class GroupCoordinator:
         self._sleeping_until: int | None = None  # the timer task's deadline; -1 while it runs
         self._started = False
         self._create_lock = trio.Lock()
+        # __consumer_offsets partitions whose replay failed: their groups are refused rather than
+        # served from a half-loaded state (Kafka leaves such a coordinator partition unloaded).
+        self.unloaded: set[int] = set()
 
     # -- lifecycle ---------------------------------------------------------------------
     async def start(self, nursery: trio.Nursery) -> None:
@@ -131,8 +134,16 @@ class GroupCoordinator:
         if t is not None:
             for index in sorted(t.partitions):
                 part = self.broker.partition(OFFSETS_TOPIC, index)
-                if part is not None:
+                if part is None:
+                    continue
+                try:
                     count += self._replay_partition(part)
+                except Exception:
+                    # A fault boundary: one unreadable partition must not stop the broker, nor the
+                    # groups of the other partitions.
+                    log.exception("could not load %s-%d; its groups answer COORDINATOR_NOT_AVAILABLE "
+                                  "until a restart", OFFSETS_TOPIC, index)
+                    self.unloaded.add(index)
         self._apply(self.state.on_loaded(self.clock()))
         if t is not None:
             log.info(
@@ -371,7 +382,12 @@ class GroupCoordinator:
 
     # -- operations ------------------------------------------------------------------------
     # Each takes a ``failed(code)`` that builds the operation's answer for a write that failed.
+    def _refused(self, group_id: str) -> bool:
+        return bool(self.unloaded) and self.partition_for(group_id) in self.unloaded
+
     async def _parkable(self, op, req, failed):
+        if self._refused(req.group_id):
+            return failed(ErrorCode.COORDINATOR_NOT_AVAILABLE)
         waiter = Waiter()
         try:
             res = self._execute(lambda: op(req, self.clock(), waiter), (req.group_id,))
@@ -387,7 +403,9 @@ class GroupCoordinator:
     async def sync(self, req):
         return await self._parkable(self.state.sync, req, sync_error)
 
-    def _now_op(self, step, scope, failed, *, crash=None):
+    def _now_op(self, group_id, step, scope, failed, *, crash=None):
+        if self._refused(group_id):
+            return failed(ErrorCode.COORDINATOR_NOT_AVAILABLE)
         try:
             return self._execute(step, scope, crash=crash).response
         except AppendFailed as e:
@@ -396,27 +414,29 @@ class GroupCoordinator:
     async def heartbeat(self, req):
         # A classic heartbeat only moves timers and never writes: no checkpoint, which matters
         # because it is the most frequent request of a large group.
-        return self._now_op(lambda: self.state.heartbeat(req, self.clock()), (),
+        return self._now_op(req.group_id, lambda: self.state.heartbeat(req, self.clock()), (),
                             lambda code: {"error_code": code})
 
     async def leave(self, req):
-        return self._now_op(lambda: self.state.leave(req, self.clock()), (req.group_id,),
+        return self._now_op(req.group_id, lambda: self.state.leave(req, self.clock()), (req.group_id,),
                             lambda code: {"error_code": code, "members": []})
 
     async def commit_offsets(self, req):
         # Offsets are effects, applied only after the write: no checkpoint needed.
         return self._now_op(
-            lambda: self.state.commit_offsets(req, self.clock()), (),
+            req.group_id, lambda: self.state.commit_offsets(req, self.clock()), (),
             lambda code: {t: {p.partition: code for p in parts} for t, parts in req.topics.items()},
             crash="offset.commit",
         )
 
     async def fetch_offsets(self, group_id, topics, *, require_stable=False, member_id=None, member_epoch=-1):
+        if self._refused(group_id):
+            return ErrorCode.COORDINATOR_NOT_AVAILABLE, []
         return self.state.fetch_offsets(group_id, topics, self.clock(), require_stable=require_stable,
                                         member_id=member_id, member_epoch=member_epoch)
 
     async def delete_offsets(self, group_id, topics):
-        return self._now_op(lambda: self.state.delete_offsets(group_id, topics, self.clock()), (),
+        return self._now_op(group_id, lambda: self.state.delete_offsets(group_id, topics, self.clock()), (),
                             lambda code: (code, {}))
 
     async def list_groups(self, states=(), types=()):
@@ -428,7 +448,7 @@ class GroupCoordinator:
     async def consumer_heartbeat(self, req):
         topics = ImageTopics(self.broker.image)
         return self._now_op(
-            lambda: self.state.consumer_heartbeat(req, self.clock(), topics=topics), (req.group_id,),
+            req.group_id, lambda: self.state.consumer_heartbeat(req, self.clock(), topics=topics), (req.group_id,),
             lambda code: self.state._hb_response(code, None),
         )
 
@@ -439,7 +459,7 @@ class GroupCoordinator:
         """One step per group: each group's records go to its own partition, so each is all-or-nothing."""
         answers = []
         for gid in group_ids:
-            answers.extend(self._now_op(lambda gid=gid: self.state.delete_groups([gid], self.clock()), (gid,),
+            answers.extend(self._now_op(gid, lambda gid=gid: self.state.delete_groups([gid], self.clock()), (gid,),
                                         lambda code, gid=gid: [(gid, code)]))
         return answers
 

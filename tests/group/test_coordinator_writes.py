@@ -305,3 +305,37 @@ def test_group_consumer_max_size_refuses_the_extra_consumer_member(tmp_path):
         assert len(b.groups.state.groups["cg"].members) == 1
 
     _run(cfg, body)
+
+
+def test_a_partition_that_cannot_be_loaded_refuses_its_groups_and_the_rest_is_served(tmp_path, monkeypatch):
+    cfg = _config(tmp_path)
+    n = cfg["offsets.topic.num.partitions"]
+    bad = partition_for("g", n)
+    good = next(f"h{i}" for i in range(1000) if partition_for(f"h{i}", n) != bad)
+
+    async def first(b):
+        await b.create_topics([{"name": "t", "num_partitions": 1}])
+        await call(b, ApiKey.FIND_COORDINATOR, 3, {"key": "g", "key_type": 0})
+        assert await commit(b, "g", 1) == E.NONE
+        assert await commit(b, good, 2) == E.NONE
+
+    _run(cfg, first)
+    real = coordinator_module.GroupCoordinator._replay_partition
+
+    def replay(self, part):
+        if part.index == bad:
+            raise KafkaStorageError("read failed: [Errno 5] Input/output error")
+        return real(self, part)
+
+    monkeypatch.setattr(coordinator_module.GroupCoordinator, "_replay_partition", replay)
+
+    async def second(b):
+        assert b.groups.unloaded == {bad}
+        assert await fetched(b, good) == 2
+        r = await call(b, ApiKey.OFFSET_FETCH, 8, {"groups": [{"group_id": "g", "topics": None}]})
+        assert r["groups"][0]["error_code"] == E.COORDINATOR_NOT_AVAILABLE
+        assert await commit(b, "g", 3) == E.COORDINATOR_NOT_AVAILABLE
+        r = await call(b, ApiKey.JOIN_GROUP, 9, {"group_id": "g", "member_id": "", **JOIN})
+        assert r["error_code"] == E.COORDINATOR_NOT_AVAILABLE
+
+    _run(cfg, second)
