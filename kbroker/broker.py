@@ -95,8 +95,10 @@ class Broker:
         self._sync_partitions()
         await self.groups.start(nursery)
         nursery.start_soon(self.logs.run_retention, self.config["log.retention.check.interval.ms"])
-        nursery.start_soon(self.logs.run_cleaner, 15000)
-        nursery.start_soon(self.logs.run_flusher, 1000)
+        nursery.start_soon(self.logs.run_cleaner, self.config["log.cleaner.backoff.ms"])
+        # Kafka's default (Long.MAX) means "no scheduled flush"; kbroker's flusher is also what
+        # applies flush.ms / flush.messages, so it must still look at least every second.
+        nursery.start_soon(self.logs.run_flusher, min(max(self.config["log.flush.scheduler.interval.ms"], 1), 1000))
 
     async def close(self) -> None:
         if self.logs is not None:
@@ -230,6 +232,8 @@ class Broker:
         part = self.partitions.get((topic.name, index))
         if part is None or topic.partitions[index].leader != self.node_id:
             return None, ErrorCode.NOT_LEADER_OR_FOLLOWER
+        if part.offline:  # its log dir failed (see LogManager.mark_offline)
+            return None, ErrorCode.KAFKA_STORAGE_ERROR
         if current_leader_epoch >= 0 and current_leader_epoch != part.leader_epoch:
             if current_leader_epoch < part.leader_epoch:
                 return None, ErrorCode.FENCED_LEADER_EPOCH

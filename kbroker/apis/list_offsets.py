@@ -1,6 +1,14 @@
-"""ListOffsets: earliest, latest, by timestamp, and the record with the largest timestamp."""
+"""ListOffsets: earliest, latest, by timestamp, and the record with the largest timestamp.
+
+A lookup by timestamp is answered from batch headers when they suffice; a
+batch that has to be decoded is decoded in a worker thread when it is large,
+so one client's lookup on a batch of millions of records does not stall the
+others (see :meth:`kbroker.partition.Partition.offset_for_timestamp`).
+"""
 
 from protocol import ApiKey, ErrorCode
+
+from ..log.errors import LogError
 
 from . import handles
 
@@ -12,7 +20,7 @@ LATEST_TIERED = -5
 EARLIEST_PENDING_UPLOAD = -6
 
 
-def _lookup(part, timestamp: int):
+async def _lookup(part, timestamp: int):
     """(error, timestamp, offset) for one partition."""
     if timestamp == LATEST:
         return ErrorCode.NONE, -1, part.high_watermark
@@ -21,12 +29,15 @@ def _lookup(part, timestamp: int):
     if timestamp in (LATEST_TIERED, EARLIEST_PENDING_UPLOAD):
         # No tiered storage: nothing is uploaded or pending.
         return ErrorCode.NONE, -1, -1
-    if timestamp == MAX_TIMESTAMP:
-        found = part.log.latest_timestamp()
-    elif timestamp < 0:
-        return ErrorCode.INVALID_REQUEST, -1, -1
-    else:
-        found = part.log.offset_for_timestamp(timestamp)
+    try:
+        if timestamp == MAX_TIMESTAMP:
+            found = await part.latest_timestamp()
+        elif timestamp < 0:
+            return ErrorCode.INVALID_REQUEST, -1, -1
+        else:
+            found = await part.offset_for_timestamp(timestamp)
+    except LogError as e:
+        return ErrorCode(e.error_code), -1, -1
     if found is None:
         return ErrorCode.NONE, -1, -1
     offset, ts = found
@@ -47,7 +58,7 @@ async def handle(broker, header, body):
             if part is None:
                 entry["error_code"] = err
             else:
-                err, ts, off = _lookup(part, rp.timestamp)
+                err, ts, off = await _lookup(part, rp.timestamp)
                 # leader_epoch exists from v4 on; older versions must leave it at its default.
                 epoch = part.leader_epoch if off >= 0 and header.api_version >= 4 else -1
                 entry.update(error_code=err, timestamp=ts, offset=off, leader_epoch=epoch)

@@ -4,7 +4,9 @@
 (no AlterReplicaLogDirs moves).  The metadata log lives in the first log dir
 but, as in Kafka, is not a partition of any topic and is not listed.
 ``total_bytes`` / ``usable_bytes`` (v4) are those of the file system holding
-the directory (usable: what an unprivileged process may still write).
+the directory (usable: what an unprivileged process may still write).  A log
+dir taken offline by an I/O error is answered KAFKA_STORAGE_ERROR with no
+partitions, as Kafka reports an offline dir.
 """
 
 import os
@@ -36,7 +38,12 @@ def describe_log_dirs(broker, wanted: dict[str, set[int]] | None) -> list[dict]:
             {"partition_index": index, "partition_size": plog.size_in_bytes, "offset_lag": 0, "is_future_key": False}
         )
     results = []
+    offline = broker.logs.offline_dirs if broker.logs is not None else {}
     for d, topics in by_dir.items():
+        if d in offline:
+            results.append({"error_code": ErrorCode.KAFKA_STORAGE_ERROR, "log_dir": d, "topics": [],
+                            "total_bytes": -1, "usable_bytes": -1})
+            continue
         try:
             total, usable = _space(d)
         except OSError:

@@ -2,8 +2,12 @@
 
 No per-record work: batches stay the bytes the client sent, with only their
 base offset and leader epoch patched in place (and the timestamp for
-LogAppendTime topics).  acks=0 gets no answer at all; with one replica,
-acks=all is satisfied as soon as the leader has appended.
+LogAppendTime topics).  The one exception, the key check of compacted
+topics, runs in a worker thread for large batches (see :mod:`kbroker.partition`).
+acks=0 gets no answer at all; with one replica, acks=all is satisfied as soon
+as the leader has appended.  A write that fails on disk is answered
+KAFKA_STORAGE_ERROR for that partition (its log dir is then offline); the
+other partitions of the request and the connection carry on.
 """
 
 from protocol import ApiKey, ErrorCode
@@ -32,7 +36,7 @@ async def handle(broker, header, body):
                 # Internal topics are written by their coordinators only.
                 entry["error_code"] = ErrorCode.INVALID_TOPIC_EXCEPTION
             else:
-                res = part.append_records(pd.records, cfg, now)
+                res = await part.produce(pd.records, cfg, now)
                 entry.update(
                     error_code=res.error,
                     base_offset=res.base_offset,

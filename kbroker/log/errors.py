@@ -57,6 +57,16 @@ class KafkaStorageError(LogError):
     error_code = 56
 
 
+class LogClosed(LogError):
+    """The log was closed or deleted (its partition is no longer hosted here): NOT_LEADER_OR_FOLLOWER.
+
+    Not a storage failure: a request that awaited something while its
+    topic was deleted must not take the log dir offline.
+    """
+
+    error_code = 6
+
+
 class PolicyViolation(LogError):
     """Operation not allowed by the log's configuration (POLICY_VIOLATION)."""
 

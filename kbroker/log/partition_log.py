@@ -49,6 +49,7 @@ from .errors import (
     InvalidOffset,
     InvalidProducerEpoch,
     KafkaStorageError,
+    LogClosed,
     OffsetOutOfRange,
     OutOfOrderSequence,
 )
@@ -376,7 +377,7 @@ class PartitionLog:
 
     # ================================================================== I/O failures
 
-    def _storage_error(self, what: str, exc: OSError) -> KafkaStorageError:
+    def storage_error(self, what: str, exc: OSError) -> KafkaStorageError:
         """Turn an OSError into KAFKA_STORAGE_ERROR and report it (the dir goes offline).
 
         Kafka treats any IOException on a log as a failure of its log dir:
@@ -390,6 +391,8 @@ class PartitionLog:
         return err
 
     def _check_online(self) -> None:
+        if self.closed:
+            raise LogClosed(f"{self.path}: the log is closed")
         if self.offline:
             raise KafkaStorageError(f"{self.path}: the log directory is offline")
 
@@ -545,7 +548,7 @@ class PartitionLog:
             rolled = self._maybe_roll(n, first_base, last_offset, max_ts, now)
             self.active_segment.append(buf, metas)
         except OSError as e:
-            raise self._storage_error("append", e) from e
+            raise self.storage_error("append", e) from e
         crash_point("log.append")
         if pending is not None:
             pstate.producers.update(pending.producers)
@@ -714,7 +717,7 @@ class PartitionLog:
                     return TimestampDecode(data, timestamp, lso, h.next_offset, h.records_count,
                                            f"{seg.log_path}: batch at {p}")
             except OSError as e:
-                raise self._storage_error("timestamp lookup", e) from e
+                raise self.storage_error("timestamp lookup", e) from e
         return None
 
     def offset_for_timestamp(self, timestamp: int) -> tuple[int, int] | None:
@@ -764,7 +767,7 @@ class PartitionLog:
         try:
             self.persist_log_start_offset(target, generation)
         except OSError as e:
-            raise self._storage_error("log start offset checkpoint", e) from e
+            raise self.storage_error("log start offset checkpoint", e) from e
         return self.commit_delete_records(target, generation)
 
     def prepare_delete_records(self, offset: int) -> int | None:
@@ -805,7 +808,7 @@ class PartitionLog:
             try:
                 self.persist_log_start_offset(offset, self.generation)
             except OSError as e:
-                raise self._storage_error("log start offset checkpoint", e) from e
+                raise self.storage_error("log start offset checkpoint", e) from e
         if offset > self.log_start_offset:
             self.log_start_offset = offset
             self._delete_prefix(lambda seg, nxt_base: nxt_base is not None and nxt_base <= offset, defer=defer)
@@ -828,7 +831,7 @@ class PartitionLog:
         try:
             return self._apply_retention(now_ms, high_watermark, defer_file_deletion)
         except OSError as e:
-            raise self._storage_error("retention", e) from e
+            raise self.storage_error("retention", e) from e
 
     def _apply_retention(self, now_ms: int, high_watermark: int | None, defer_file_deletion: bool) -> int:
         hw = self.log_end_offset if high_watermark is None else high_watermark
@@ -1027,7 +1030,7 @@ class PartitionLog:
                 paths.extend((seg.index_path, seg.timeindex_path))
         except OSError as e:
             FlushJob(target, fds, []).close()
-            raise self._storage_error("flush", e) from e
+            raise self.storage_error("flush", e) from e
         if self._dir_dirty:
             paths.append(self.path)
             self._dir_dirty = False
@@ -1054,7 +1057,7 @@ class PartitionLog:
         try:
             job.run()
         except OSError as e:
-            raise self._storage_error("flush", e) from e
+            raise self.storage_error("flush", e) from e
         self.complete_flush(job, now_ms)
 
     # ================================================================== close / delete
