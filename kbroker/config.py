@@ -371,6 +371,7 @@ BROKER_CONFIGS: dict[str, ConfigDef] = _defs(
     C("socket.listen.backlog.size", "int", 50, _pos),
     C("max.connections", "int", INT_MAX, at_least(0), CLUSTER_WIDE),
     C("max.connections.per.ip", "int", INT_MAX, at_least(0), CLUSTER_WIDE),
+    C("max.connections.per.ip.overrides", "string", "", mode=CLUSTER_WIDE, note='"host:count,..."'),
     C("connections.max.idle.ms", "long", 600000),
     C("num.network.threads", "int", 3, _pos, CLUSTER_WIDE, effective=False,
       note="kbroker is one trio process"),

@@ -1,18 +1,35 @@
 """The network side: listeners, connections, and the request pipeline.
 
-Each connection runs three steps concurrently in its own nursery:
+Theory of operation
+-------------------
+A connection is one trio task running one loop: read a frame, decode it,
+handle it, write the answer, and only then read the next frame.  That is
+Kafka's own rule -- the broker mutes a channel while a request from it is in
+flight -- and it is what bounds a connection's cost: at most one request and
+one response (itself capped by ``fetch.max.bytes``) exist per connection, plus
+at most one frame of unread bytes (``socket.request.max.bytes``) and one
+``READ_SIZE`` read.  Clients that pipeline (librdkafka keeps up to five
+requests in flight) lose nothing: their requests wait in the socket buffer
+and are answered in order, which is also what keeps a producer's pipelined
+batches in order.  A client that pipelines Fetches and never reads its
+answers stalls only itself: its one answer sits in the send buffer, and
+``connections.max.idle.ms`` (counted from the last byte that moved in either
+direction) closes it.
 
-* the *reader* receives bytes, splits frames (refusing a size prefix above
-  ``socket.request.max.bytes`` before allocating anything) and decodes them
-  while earlier requests are still being handled;
-* the *processor* handles requests one at a time, in order — Kafka does the
-  same, and it is what keeps a producer's pipelined batches in order;
-* the *writer* sends responses strictly in request order.
+Large frames are decoded in a worker thread (at most ``DECODE_THREADS`` at
+a time) and every decode has an element budget (:data:`MAX_REQUEST_ELEMENTS`),
+so a small hostile request cannot freeze everyone else on the trio thread
+or turn a few megabytes of wire bytes into gigabytes of Python objects.
 
-A frame that cannot be decoded ends the connection (Kafka closes it too); a
-request the codec reads but the handler finds invalid gets a Kafka error
-code.  An unexpected exception in a handler is logged and closes only that
-connection: the broker keeps serving everyone else.
+Every connection is a fault boundary.  A peer that resets (ECONNRESET), goes
+away while we write (EPIPE), or times out ends its own connection and is
+logged at debug; a frame that cannot be decoded closes it with a warning
+(Kafka closes too); a request the codec reads but the handler finds invalid
+gets a Kafka error code; an unexpected exception in a handler is logged with
+its traceback and closes only that connection.  Trio reports failures of
+tasks inside nurseries as exception groups, so the boundary in
+:meth:`Server._run_connection` matches with ``except*``: nothing raised by
+one connection can reach the accept loop and stop the broker.
 """
 
 from __future__ import annotations
@@ -21,6 +38,7 @@ import errno
 import logging
 import signal
 import socket
+from collections import Counter
 
 import trio
 
@@ -42,123 +60,157 @@ from .config import Config
 log = logging.getLogger("kbroker.server")
 
 READ_SIZE = 1 << 20
-MAX_QUEUED = 64  # requests read ahead per connection before we stop reading
+SEND_SLICE = 256 * 1024  # idle time is measured per slice, so a slow reader that keeps reading is not idle
+DECODE_INLINE_MAX = 64 * 1024  # larger frames are decoded in a worker thread
+DECODE_THREADS = 2
+# Array elements one request may hold.  Decoding costs tens of microseconds
+# and a few hundred bytes per element, so this caps a decode at a few
+# seconds of one worker thread and tens of megabytes, while leaving room for
+# any real client: a consumer fetching or committing 100,000 partitions in
+# one request is far beyond what Kafka clients send.
+MAX_REQUEST_ELEMENTS = 100_000
+
+_decode_limiter: trio.CapacityLimiter | None = None
+
+
+def _limiter() -> trio.CapacityLimiter:
+    # Created lazily: a CapacityLimiter belongs to the trio run that made it.
+    global _decode_limiter
+    if _decode_limiter is None:
+        _decode_limiter = trio.CapacityLimiter(DECODE_THREADS)
+    return _decode_limiter
+
+
+class _Closed(Exception):
+    """The connection ends here (already logged)."""
 
 
 class Connection:
-    def __init__(self, broker: Broker, stream: trio.SocketStream, conn_id: int):
+    def __init__(self, broker: Broker, stream: trio.SocketStream, conn_id: int, listener: str = ""):
         self.broker = broker
         self.stream = stream
         self.id = conn_id
+        self.listener = listener
         try:
             self.peer = stream.socket.getpeername()
         except OSError:
             self.peer = ("?", 0)
         self.frames = FrameReader(broker.config["socket.request.max.bytes"])
         self.idle_ms = broker.config["connections.max.idle.ms"]
-        self._reading = trio.CancelScope()
+        self._draining = False
+        self._receiving: trio.CancelScope | None = None
 
     def stop_reading(self) -> None:
-        """Read no more requests; those already read are still answered."""
-        self._reading.cancel()
+        """Read no more requests; the one in flight (and any already buffered whole) is still answered."""
+        self._draining = True
+        if self._receiving is not None:
+            self._receiving.cancel()
+
+    def _deadline(self) -> float:
+        return trio.current_time() + self.idle_ms / 1000 if self.idle_ms >= 0 else float("inf")
 
     async def run(self) -> None:
-        requests_send, requests_recv = trio.open_memory_channel(MAX_QUEUED)
-        responses_send, responses_recv = trio.open_memory_channel(MAX_QUEUED)
+        apis.client_address.set(self.peer)
+        apis.listener_name.set(self.listener)
         try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._write, responses_recv, nursery.cancel_scope)
-                nursery.start_soon(self._process, requests_recv, responses_send)
-                with self._reading:
-                    await self._read(requests_send)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            while True:
+                frame = await self._next_frame()
+                if frame is None:
+                    return
+                header, body = await self._decode(frame)
+                response = await self._handle(header, body)
+                if response is not None:  # None: an acks=0 Produce gets no answer at all
+                    await self._send(response)
+        except _Closed:
             pass
         finally:
             with trio.CancelScope(shield=True):
                 await self.stream.aclose()
 
-    async def _read(self, requests_send) -> None:
-        async with requests_send:
-            while True:
-                deadline = trio.current_time() + self.idle_ms / 1000 if self.idle_ms >= 0 else float("inf")
-                with trio.move_on_at(deadline) as idle:
+    async def _next_frame(self):
+        """The next whole frame, or None when the peer closed, idled out, or we drain."""
+        while True:
+            try:
+                frame = self.frames.next_frame()
+            except FrameTooLarge as e:
+                log.warning("closing connection from %s:%s: %s", *self.peer[:2], e)
+                return None
+            if frame is not None:
+                return frame
+            if self._draining:
+                return None
+            with trio.CancelScope(deadline=self._deadline()) as scope:
+                self._receiving = scope
+                try:
                     data = await self.stream.receive_some(READ_SIZE)
-                if idle.cancelled_caught:
+                finally:
+                    self._receiving = None
+            if scope.cancelled_caught:
+                if not self._draining:
                     log.info("closing idle connection from %s:%s", *self.peer[:2])
-                    return
-                if not data:
-                    return
-                self.frames.feed(data)
-                while True:
-                    try:
-                        frame = self.frames.next_frame()
-                    except FrameTooLarge as e:
-                        log.warning("closing connection from %s:%s: %s", *self.peer[:2], e)
-                        return
-                    if frame is None:
-                        break
-                    item = self._decode(frame)
-                    if item is None:
-                        return
-                    await requests_send.send(item)
+                return None
+            if not data:
+                return None
+            self.frames.feed(data)
 
-    def _decode(self, frame):
+    async def _decode(self, frame):
         try:
-            return decode_request(frame)
+            if len(frame) <= DECODE_INLINE_MAX:
+                return decode_request(frame, max_elements=MAX_REQUEST_ELEMENTS)
+            return await trio.to_thread.run_sync(
+                lambda: decode_request(frame, max_elements=MAX_REQUEST_ELEMENTS), limiter=_limiter()
+            )
         except UnsupportedVersion as e:
             if e.header.api_key == API_VERSIONS:
                 # Answer in the v0 layout so the client learns our range (KIP-511).
                 return e.header, _FALLBACK
-            log.warning(
-                "closing connection from %s:%s: %s (client %r)", *self.peer[:2], e, e.header.client_id
-            )
-            return None
+            log.warning("closing connection from %s:%s: %s (client %r)", *self.peer[:2], e, e.header.client_id)
         except ProtocolError as e:
             log.warning("closing connection from %s:%s: malformed request: %s", *self.peer[:2], e)
             log.debug("the malformed request began with %s", bytes(frame[:256]).hex())
-            return None
+        raise _Closed
 
-    async def _process(self, requests_recv, responses_send) -> None:
-        # Closing the response channel when processing ends lets the writer
-        # drain what is queued and stop.
-        apis.client_address.set(self.peer)
-        async with responses_send, requests_recv:
-            async for header, body in requests_recv:
-                if body is _FALLBACK:
-                    response = api_versions_fallback_body()
-                else:
-                    try:
-                        response = await apis.dispatch(self.broker, header, body)
-                    except apis.CloseConnection as e:
-                        log.warning("closing connection from %s:%s: %s", *self.peer[:2], e)
-                        return
-                    except Exception:
-                        log.exception(
-                            "error handling %s v%d from %s:%s; closing the connection",
-                            apis.api_name(header.api_key),
-                            header.api_version,
-                            *self.peer[:2],
-                        )
-                        return
-                if response is None:  # acks=0 produce: no answer at all
-                    continue
-                try:
-                    chunks = encode_response(header, response, chunks=True)
-                except ProtocolError:
-                    log.exception("cannot encode the response to %s v%d", header.api_key, header.api_version)
-                    return
-                await responses_send.send(chunks)
+    async def _handle(self, header, body):
+        """The response body; raises _Closed when the request cannot be answered."""
+        if body is _FALLBACK:
+            return header, api_versions_fallback_body()
+        try:
+            response = await apis.dispatch(self.broker, header, body)
+        except apis.CloseConnection as e:
+            log.warning("closing connection from %s:%s: %s", *self.peer[:2], e)
+            raise _Closed from None
+        except Exception:
+            log.exception(
+                "error handling %s v%d from %s:%s; closing the connection",
+                apis.api_name(header.api_key),
+                header.api_version,
+                *self.peer[:2],
+            )
+            raise _Closed from None
+        return None if response is None else (header, response)
 
-    async def _write(self, responses_recv, cancel_scope) -> None:
-        async with responses_recv:
-            async for chunks in responses_recv:
-                for chunk in chunks:
-                    await self.stream.send_all(chunk)
-        # The processor is done (clean end, or an error closed the connection).
-        cancel_scope.cancel()
+    async def _send(self, answer) -> None:
+        header, response = answer
+        try:
+            chunks = encode_response(header, response, chunks=True)
+        except ProtocolError:
+            log.exception("cannot encode the response to %s v%d", header.api_key, header.api_version)
+            raise _Closed from None
+        for chunk in chunks:
+            view = memoryview(chunk)
+            for start in range(0, len(view), SEND_SLICE):
+                with trio.move_on_at(self._deadline()) as scope:
+                    await self.stream.send_all(view[start : start + SEND_SLICE])
+                if scope.cancelled_caught:
+                    log.info("closing connection from %s:%s: it reads no answers", *self.peer[:2])
+                    raise _Closed
 
 
 _FALLBACK = object()
+
+# A routine end of a connection: the peer reset it, went away mid-write, or
+# the socket failed under us.  Logged at debug, never more.
+_ROUTINE = (trio.BrokenResourceError, trio.ClosedResourceError, ConnectionError, OSError)
 
 
 class Server:
@@ -169,6 +221,7 @@ class Server:
         self.config = broker.config
         self._next_conn = 0
         self._connections: set[Connection] = set()
+        self._per_ip: Counter[str] = Counter()
         self._listeners: list[tuple[str, str, trio.SocketListener]] = []
         self._accepting = trio.CancelScope()
         self._all_closed = trio.Event()
@@ -199,8 +252,8 @@ class Server:
                         logged.add((name, port))
                         log.info("kbroker %s listening on %s:%s (%s)", self.broker.node_id, host, port, name)
                 async with trio.open_nursery() as accepting:
-                    for _name, _host, l in self._listeners:
-                        accepting.start_soon(self._accept_loop, l, nursery)
+                    for name, _host, l in self._listeners:
+                        accepting.start_soon(self._accept_loop, name, l, nursery)
             for _name, _host, l in self._listeners:
                 await l.aclose()
 
@@ -213,8 +266,7 @@ class Server:
         if self._connections:
             await self._all_closed.wait()
 
-    async def _accept_loop(self, listener: trio.SocketListener, nursery) -> None:
-        max_conn = self.config["max.connections"]
+    async def _accept_loop(self, name: str, listener: trio.SocketListener, nursery) -> None:
         while True:
             try:
                 stream = await listener.accept()
@@ -224,29 +276,77 @@ class Server:
                     await trio.sleep(0.1)
                     continue
                 raise
-            if len(self._connections) >= max_conn:
-                log.warning("max.connections (%d) reached; refusing a connection", max_conn)
-                await stream.aclose()
+            host = _peer_host(stream)
+            refusal = self._refusal(host)
+            if refusal:
+                log.warning("refusing a connection from %s: %s", host, refusal)
+                with trio.CancelScope(shield=True):
+                    await stream.aclose()
                 continue
             self._next_conn += 1
-            conn = Connection(self.broker, stream, self._next_conn)
+            conn = Connection(self.broker, stream, self._next_conn, name)
             self._connections.add(conn)
-            nursery.start_soon(self._run_connection, conn)
+            self._per_ip[host] += 1
+            nursery.start_soon(self._run_connection, conn, host)
 
-    async def _run_connection(self, conn: Connection) -> None:
+    def _refusal(self, host: str) -> str | None:
+        """Why a new connection from ``host`` is refused, or None.
+
+        Read from the effective config on every accept, so that dynamic
+        changes of ``max.connections`` and the per-IP limits take effect at
+        once (as in Kafka, existing connections are kept).
+        """
+        config = self.broker.config
+        if len(self._connections) >= config["max.connections"]:
+            return f"max.connections ({config['max.connections']}) reached"
+        limit = _per_ip_overrides(config).get(host, config["max.connections.per.ip"])
+        if self._per_ip[host] >= limit:
+            return f"max.connections.per.ip ({limit}) reached"
+        return None
+
+    async def _run_connection(self, conn: Connection, host: str) -> None:
+        """Run one connection; whatever it raises ends here (see the module docstring)."""
         try:
             conn.stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except OSError:
             pass
         try:
             await conn.run()
-        except OSError as e:
-            log.debug("connection %d ended: %s", conn.id, e)
+        except* _ROUTINE as group:
+            log.debug("connection %d from %s ended: %s", conn.id, host, _first(group))
+        except* Exception as group:
+            log.error("connection %d from %s failed", conn.id, host, exc_info=group)
         finally:
             self._connections.discard(conn)
+            self._per_ip[host] -= 1
+            if self._per_ip[host] <= 0:
+                del self._per_ip[host]
             if not self._connections:
                 self._all_closed.set()
                 self._all_closed = trio.Event()
+
+
+def _peer_host(stream: trio.SocketStream) -> str:
+    try:
+        return stream.socket.getpeername()[0]
+    except OSError:
+        return "?"
+
+
+def _per_ip_overrides(config) -> dict[str, int]:
+    """``max.connections.per.ip.overrides``: "host:count,host:count" (Kafka's format)."""
+    out = {}
+    for item in (config["max.connections.per.ip.overrides"] or "").split(","):
+        host, sep, count = item.strip().rpartition(":")
+        if sep and host and count.strip().isdigit():
+            out[host.strip()] = int(count)
+    return out
+
+
+def _first(group: BaseExceptionGroup) -> BaseException:
+    while isinstance(group, BaseExceptionGroup):
+        group = group.exceptions[0]
+    return group
 
 
 async def serve(config: Config, *, task_status=trio.TASK_STATUS_IGNORED) -> None:

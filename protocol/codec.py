@@ -130,13 +130,19 @@ def peek_header(frame) -> tuple[int, int, int]:
     return _HEAD.unpack_from(frame, 0)
 
 
-def decode_request(frame, *, strict: bool = False) -> tuple[RequestHeader, Any]:
+def decode_request(frame, *, strict: bool = False, max_elements: int | None = None) -> tuple[RequestHeader, Any]:
     """Decode a request frame (without its size prefix) into (header, body).
 
     Bytes after the body are ignored unless ``strict``: Kafka's own parser
     stops at the end of the message, and real clients rely on it (librdkafka
     2.x sends three extra bytes with an all-topics Metadata v13 request).
     Tools checking a client's exact encoding pass ``strict=True``.
+
+    ``max_elements`` caps the array elements of the whole message (header
+    and body, nested arrays included); a message over it is refused with a
+    :class:`ProtocolError` before the excess is decoded.  Servers set it so
+    that decode time and memory are bounded by a number they chose, not by
+    what a peer packs into a large frame.
 
     Raises :class:`UnsupportedVersion` for an unknown API key or version, and
     :class:`ProtocolError` for anything malformed.
@@ -147,7 +153,7 @@ def decode_request(frame, *, strict: bool = False) -> tuple[RequestHeader, Any]:
         raise UnsupportedVersion(
             f"unknown API key {api_key}", RequestHeader(api_key, api_version, correlation_id)
         )
-    reader = T.BufferReader(frame)
+    reader = T.BufferReader(frame, max_elements=max_elements)
     if not info.valid[0] <= api_version <= info.valid[1]:
         header = RequestHeader(api_key, api_version, correlation_id)
         # Best effort at the client id, for logs; the body is not read.

@@ -61,9 +61,14 @@ __all__ = [
 class BufferReader:
     """A read-only stream over a buffer whose ``read`` returns zero-copy views."""
 
-    __slots__ = ("view", "pos", "end")
+    __slots__ = ("view", "pos", "end", "elements_left")
 
-    def __init__(self, data, pos: int = 0, end: int | None = None):
+    def __init__(self, data, pos: int = 0, end: int | None = None, max_elements: int | None = None):
+        # Array elements this message may still hold (None: no budget).  The
+        # per-array "count <= bytes left" check bounds allocation by the frame
+        # size, but an element can cost a hundred times its one wire byte in
+        # Python objects and decode time, so a server sets a budget as well.
+        self.elements_left = max_elements
         self.view = data if isinstance(data, memoryview) else memoryview(data)
         if self.view.format != "B" or self.view.ndim != 1:
             self.view = self.view.cast("B")
@@ -430,6 +435,11 @@ class Array(construct.Construct):
         # than what is left is a lie: refuse it before allocating anything.
         if n > _remaining(stream):
             raise ProtocolError(f"array count {n} exceeds the {_remaining(stream)} bytes left")
+        budget = getattr(stream, "elements_left", None)
+        if budget is not None:
+            if n > budget:
+                raise ProtocolError(f"the message holds more array elements than the limit allows ({n} > {budget} left)")
+            stream.elements_left = budget - n
         parse = self.element._parse
         out = []
         append = out.append
@@ -528,6 +538,11 @@ class KStruct(construct.Construct):
         count = read_uvarint(stream)
         if count > _remaining(stream):
             raise ProtocolError(f"tagged field count {count} exceeds the bytes left")
+        budget = getattr(stream, "elements_left", None)
+        if budget is not None and count:
+            if count > budget:
+                raise ProtocolError(f"the message holds more elements than the limit allows ({count} tagged fields > {budget} left)")
+            stream.elements_left = budget - count
         seen = -1
         unknown = None
         for _ in range(count):

@@ -31,6 +31,27 @@ HANDLERS: dict[int, Handler] = {}
 client_address: contextvars.ContextVar[tuple] = contextvars.ContextVar("client_address", default=("", 0))
 
 
+# The name of the listener the connection arrived on ("PLAINTEXT",
+# "EXTERNAL", ...); empty outside a connection.
+listener_name: contextvars.ContextVar[str] = contextvars.ContextVar("listener_name", default="")
+
+
+def endpoint_of(registration):
+    """The endpoint a broker advertises on the listener this request came in on, or None.
+
+    Kafka answers with the endpoints of the request's own listener: a client
+    that reached the cluster through EXTERNAL must be sent EXTERNAL
+    addresses, never the internal ones it may not be able to reach.  A
+    broker without that listener is left out (None).  Outside a connection
+    (no listener known) the first endpoint stands in.
+    """
+    name = listener_name.get()
+    for e in registration.endpoints:
+        if not name or e.name == name:
+            return e
+    return None
+
+
 def client_host() -> str:
     """The requesting client's address as Kafka shows it ("/127.0.0.1")."""
     host = client_address.get()[0]

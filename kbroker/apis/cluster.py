@@ -9,7 +9,7 @@ combined node that is this node.
 
 from protocol import ApiKey, ErrorCode
 
-from . import handles
+from . import endpoint_of, handles
 
 ENDPOINT_BROKER = 1
 ENDPOINT_CONTROLLER = 2
@@ -47,9 +47,9 @@ async def handle(broker, header, body):
     include_fenced = version >= 2 and body.include_fenced_brokers
     brokers = []
     for b in sorted(broker.image.brokers.values(), key=lambda b: b.broker_id):
-        if (b.fenced and not include_fenced) or not b.endpoints:
+        e = endpoint_of(b)
+        if (b.fenced and not include_fenced) or e is None:
             continue
-        e = b.endpoints[0]
         brokers.append({"broker_id": b.broker_id, "host": e.host, "port": e.port, "rack": b.rack,
                         "is_fenced": b.fenced})
     live = [b["broker_id"] for b in brokers if not b["is_fenced"]]

@@ -22,8 +22,16 @@ from . import handles
 
 
 def _collect(broker, body):
-    """One pass over the requested partitions: (responses, bytes, partitions, done_early)."""
-    budget = body.max_bytes if body.max_bytes > 0 else 0x7FFFFFFF
+    """One pass over the requested partitions: (responses, bytes, partitions, done_early).
+
+    The response is capped by the smaller of the request's ``max_bytes`` and
+    the broker's ``fetch.max.bytes``, as in Kafka.  A partition listed twice
+    is answered once: Kafka keys a fetch by partition, so the repeat is
+    dropped rather than read (and sent) again.
+    """
+    cap = broker.config["fetch.max.bytes"]
+    budget = min(body.max_bytes, cap) if body.max_bytes > 0 else cap
+    seen = set()
     first_with_data = True
     total = 0
     has_error = False
@@ -33,6 +41,10 @@ def _collect(broker, body):
         t, missing = broker.resolve_topic(topic.topic, topic.topic_id)
         out_parts = []
         for fp in topic.partitions:
+            key = (topic.topic, topic.topic_id, fp.partition)
+            if key in seen:
+                continue
+            seen.add(key)
             entry = {
                 "partition_index": fp.partition,
                 "error_code": 0,

@@ -34,7 +34,7 @@ from ..group.state import (
     LeaveRequest,
     SyncRequest,
 )
-from . import client_host, handles
+from . import client_host, endpoint_of, handles
 
 ZERO_UUID = uuid.UUID(int=0)
 INT_MIN = -(1 << 31)
@@ -51,8 +51,8 @@ SERVE_CONSUMER_PROTOCOL = True
 
 def _endpoint(broker):
     me = broker.image.brokers.get(broker.node_id)
-    if me is not None and me.endpoints:
-        e = me.endpoints[0]
+    e = endpoint_of(me) if me is not None else None
+    if e is not None:
         return e.host, e.port
     listeners = broker.config.advertised_listeners
     return listeners[0].host, listeners[0].port

@@ -10,7 +10,7 @@ import uuid
 from protocol import ApiKey, ErrorCode
 
 from ..controller.controller import topic_name_error
-from . import handles
+from . import endpoint_of, handles
 
 ZERO_UUID = uuid.UUID(int=0)
 
@@ -18,9 +18,9 @@ ZERO_UUID = uuid.UUID(int=0)
 def broker_list(broker):
     out = []
     for b in sorted(broker.image.live_brokers(), key=lambda b: b.broker_id):
-        if not b.endpoints:
+        e = endpoint_of(b)
+        if e is None:
             continue
-        e = b.endpoints[0]
         out.append({"node_id": b.broker_id, "host": e.host, "port": e.port, "rack": b.rack})
     return out
 
