@@ -391,15 +391,18 @@ class Segment:
 
     def persist_indexes(self) -> None:
         """Write index entries not yet on disk (and cut stale ones)."""
-        if self._idx_saved < len(self.idx_rel) or self._idx_dirty_tail:
+        offsets_due = self._idx_saved < len(self.idx_rel) or self._idx_dirty_tail
+        times_due = self._ts_saved < len(self.ts_ts) or self._ts_dirty_tail
+        if offsets_due:
             n = len(self.idx_rel)
             data = _pack_offset_entries(self.idx_rel[self._idx_saved:], self.idx_pos[self._idx_saved:])
             _write_tail(self.index_path, self._idx_saved * _OFFSET_ENTRY.size, data,
                         n * _OFFSET_ENTRY.size, self._idx_dirty_tail)
             self._idx_saved = n
             self._idx_dirty_tail = False
+        if offsets_due or times_due:
             crash_point("index.write")  # offset index written, time index not yet
-        if self._ts_saved < len(self.ts_ts) or self._ts_dirty_tail:
+        if times_due:
             n = len(self.ts_ts)
             data = _pack_time_entries(self.ts_ts[self._ts_saved:], self.ts_rel[self._ts_saved:])
             _write_tail(self.timeindex_path, self._ts_saved * _TIME_ENTRY.size, data,
