@@ -64,7 +64,8 @@ class BrokerProcess:
 
     external = False
 
-    def __init__(self, workdir: Path, overrides: Optional[dict[str, Any]] = None, port: Optional[int] = None):
+    def __init__(self, workdir: Path, overrides: Optional[dict[str, Any]] = None, port: Optional[int] = None,
+                 env: Optional[dict[str, str]] = None, rlimits: Optional[dict[int, tuple[int, int]]] = None):
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.data_dir = self.workdir / "data"
@@ -76,6 +77,8 @@ class BrokerProcess:
         self.starts = 0
         self.startup_seconds: Optional[float] = None
         self.exit_codes: list[int] = []
+        self.env = dict(env or {})  # extra environment (e.g. KBROKER_CRASH_POINT); change it between starts
+        self.rlimits = dict(rlimits or {})  # resource.RLIMIT_* -> (soft, hard), set in the child before exec
 
     @property
     def bootstrap(self) -> str:
@@ -118,12 +121,14 @@ class BrokerProcess:
         env = dict(os.environ)
         env["PYTHONPATH"] = str(REPO) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         env.setdefault("PYTHONUNBUFFERED", "1")
+        env.update(self.env)
         log = open(self.log_path, "ab")
         log.write(f"===== start #{self.starts + 1}: {shlex.join(self.command())}\n".encode())
         log.flush()
         t0 = time.monotonic()
         self.proc = subprocess.Popen(self.command(), cwd=self.workdir, env=env, stdin=subprocess.DEVNULL,
-                                     stdout=log, stderr=subprocess.STDOUT)
+                                     stdout=log, stderr=subprocess.STDOUT,
+                                     preexec_fn=self._set_rlimits if self.rlimits else None)
         log.close()
         self.starts += 1
         ok = kraw.wait_until_ready(self.host, self.port, t0 + timeout, self.alive)
@@ -137,6 +142,12 @@ class BrokerProcess:
                 f"within {timeout:.0f}s of start\n--- kbroker log ({self.log_path}) ---\n{self.log_text()}")
         self.startup_seconds = time.monotonic() - t0
         return self
+
+    def _set_rlimits(self) -> None:  # runs in the child, between fork and exec
+        import resource
+
+        for which, limits in self.rlimits.items():
+            resource.setrlimit(which, limits)
 
     def _signal(self, sig: int) -> None:
         if self.alive():
@@ -269,12 +280,19 @@ def start_broker(request, tmp_path):
         pytest.skip("needs a broker process of its own (KBROKER_BOOTSTRAP is set)")
     started: list[BrokerProcess] = []
 
-    def start(settings: Optional[dict[str, Any]] = None, **overrides: Any) -> BrokerProcess:
+    def start(settings: Optional[dict[str, Any]] = None, *, env: Optional[dict[str, str]] = None,
+              rlimits: Optional[dict[int, tuple[int, int]]] = None, port: Optional[int] = None,
+              data_dir: Optional[Path] = None, wait: bool = True, **overrides: Any) -> BrokerProcess:
+        """``env``: extra environment variables; ``rlimits``: {resource.RLIMIT_*: (soft, hard)};
+        ``data_dir``: the log.dirs directory (e.g. on a small tmpfs); ``wait=False``: return the
+        process unstarted (the caller calls ``.start()``)."""
         merged = {**(settings or {}), **{_key(k): v for k, v in overrides.items()}}
-        b = BrokerProcess(tmp_path / f"kbroker-{len(started)}", merged)
+        b = BrokerProcess(tmp_path / f"kbroker-{len(started)}", merged, port=port, env=env, rlimits=rlimits)
+        if data_dir is not None:
+            b.data_dir = Path(data_dir)
         started.append(b)
         _watch(request, b)
-        return b.start()
+        return b.start() if wait else b
 
     yield start
     for b in started:
@@ -282,6 +300,19 @@ def start_broker(request, tmp_path):
             b.stop()
         except AssertionError:
             pass
+
+
+# -- the abuse catalogue (compat/abuse.py) --------------------------------------------
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    from compat import abuse
+
+    lines = abuse.catalogue_lines()
+    if lines:
+        terminalreporter.section("abuse catalogue")
+        for line in lines:
+            terminalreporter.write_line(line)
 
 
 # -- topics ---------------------------------------------------------------------------

@@ -1,0 +1,498 @@
+"""The abuse suite (issue 7): hostile and unlucky clients against a REAL kbroker process.
+
+Every case runs inside :func:`compat.abuse.abuse_case`, which keeps a probe client
+(ApiVersions/Metadata on its own connection) busy beside the abuse and checks at the
+end that the broker process is alive, answers a new connection, that the probe never
+failed nor waited more than ``abuse.PROBE_LIMIT``, and that nothing acknowledged was
+lost.  Each case also lands in the catalogue printed at the end of the run.
+
+Most cases share one module broker (``target``; restarted if a case killed it);
+cases that need their own settings (fetch.max.bytes, a small disk, a descriptor
+limit, two listeners, connection limits) start their own.  The shared broker runs
+with an address-space limit so that a broker that does not bound its memory dies
+with MemoryError instead of taking the test machine down with it.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import select
+import socket
+import struct
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from compat import abuse, kraw
+from compat.abuse import WAIT, abuse_case
+from compat.conftest import EXTERNAL, BrokerProcess, _watch, free_port, unique_name
+
+AS_LIMIT = 4 << 30  # address space of the shared broker (it idles at well under 1 GiB of it)
+
+
+# -- the shared broker --------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def abuse_broker(tmp_path_factory):
+    if EXTERNAL:
+        pytest.skip("the abuse suite needs a broker process of its own")
+    b = BrokerProcess(tmp_path_factory.mktemp("kbroker-abuse"),
+                      {"offsets.topic.num.partitions": 1, "num.partitions": 2},
+                      rlimits={resource.RLIMIT_AS: (AS_LIMIT, AS_LIMIT)})
+    b.start()
+    yield b
+    try:
+        b.stop()
+    except AssertionError:
+        pass
+
+
+@pytest.fixture
+def target(abuse_broker, request):
+    """The shared abuse broker, started again if an earlier case killed it."""
+    if not abuse_broker.alive():
+        abuse_broker.start()
+    _watch(request, abuse_broker)
+    return abuse_broker
+
+
+@pytest.fixture(scope="module")
+def big_topic(abuse_broker):
+    """A 1-partition topic holding four 1 MB batches (offsets 0..3)."""
+    name = unique_name("abuse-big")
+    with kraw.connect(abuse_broker.host, abuse_broker.port, WAIT) as s:
+        assert abuse.create_topics(s, [abuse.creatable(name, 1)])[name][0] == 0
+        for i in range(4):
+            err, base = abuse.produce(s, name, 0, abuse.batch([bytes([65 + i]) * 1_000_000]))
+            assert (err, base) == (0, i)
+    return name
+
+
+def _fresh_topic(broker, partitions: int = 1, configs=None) -> str:
+    name = unique_name("abuse")
+    with kraw.connect(broker.host, broker.port, WAIT) as s:
+        err, msg = abuse.create_topics(s, [abuse.creatable(name, partitions, configs)])[name]
+        assert err == 0, f"CreateTopics {name}: {err} {msg}"
+    return name
+
+
+def _settle_fds(broker, base: int, what: str) -> None:
+    """Wait until the broker has closed every connection the case opened (no leak)."""
+    abuse.wait_for(lambda: not broker.alive() or abuse.open_fds(broker.pid) <= base, WAIT,
+                   f"the broker to close its end after {what} ({abuse.open_fds(broker.pid)} fds, base {base})")
+    assert broker.alive(), f"the broker died after {what}"
+
+
+def _server_has_read(port: int, client_port: int) -> bool:
+    """True once the broker's socket for this client has nothing unread (rx_queue 0
+    in /proc/net/tcp): the broker process has read everything we sent."""
+    for path in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(path) as f:
+                next(f)
+                for line in f:
+                    parts = line.split()
+                    local, remote, queues = parts[1], parts[2], parts[4]
+                    if int(local.rsplit(":", 1)[1], 16) == port and int(remote.rsplit(":", 1)[1], 16) == client_port:
+                        return int(queues.split(":")[1], 16) == 0
+        except OSError:
+            continue
+    return False
+
+
+def _read_until_closed(sock: socket.socket, timeout: float = WAIT) -> bytes:
+    """Everything the broker still sends, until it closes; fails if it does not close."""
+    sock.settimeout(timeout)
+    data = bytearray()
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            chunk = sock.recv(1 << 20)
+        except ConnectionResetError:
+            return bytes(data)
+        except socket.timeout:
+            pytest.fail(f"the broker kept a half-closed connection open for {timeout}s")
+        if not chunk:
+            return bytes(data)
+        data += chunk
+        if time.monotonic() > deadline:
+            pytest.fail("the broker kept sending to a half-closed connection")
+
+
+# -- 1. RST and half-close at every stage of a request ----------------------------------------
+
+STAGES = ["size-prefix", "mid-frame", "request-sent", "answer-unread", "mid-response", "long-poll"]
+REPEATS = {"size-prefix": 10, "mid-frame": 10, "request-sent": 20, "answer-unread": 20,
+           "mid-response": 3, "long-poll": 2}
+
+
+def _end(sock: socket.socket, mode: str) -> None:
+    if mode == "rst":
+        kraw.reset(sock)
+    else:
+        sock.shutdown(socket.SHUT_WR)
+        _read_until_closed(sock)
+        sock.close()
+
+
+@pytest.mark.parametrize("mode", ["rst", "half-close"])
+@pytest.mark.parametrize("stage", STAGES)
+def test_disconnect_at_every_stage(target, big_topic, stage, mode):
+    """The original bug: connect, send ApiVersions v0, close before reading -> the next
+    connection was refused because the whole broker had died.  Every stage, both ways
+    of leaving; each time the broker closes its end (no descriptor leak) and lives."""
+    wake_topic = _fresh_topic(target) if stage == "long-poll" else None
+    with abuse_case(f"{mode} at {stage}", target) as case:
+        base = abuse.open_fds(target.pid)
+        req = kraw.api_versions_request(7)
+        for i in range(REPEATS[stage]):
+            if stage == "mid-response":
+                sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # the broker's send must block
+                sock.settimeout(WAIT)
+                sock.connect((target.host, target.port))
+            else:
+                sock = kraw.connect(target.host, target.port, WAIT)
+            if stage == "size-prefix":
+                sock.sendall(req[:2])
+            elif stage == "mid-frame":
+                sock.sendall(req[: len(req) - 3])
+            elif stage == "request-sent":
+                sock.sendall(req)
+            elif stage == "answer-unread":
+                sock.sendall(req)
+                assert select.select([sock], [], [], WAIT)[0], "no answer to ApiVersions"
+                if mode == "rst":
+                    sock.close()  # unread data in the receive buffer: the kernel sends RST
+                    continue
+            elif stage == "mid-response":
+                sock.sendall(kraw.encode(abuse.FETCH, 12, abuse.fetch_body(big_topic, [0], 0, 4 << 20, 4 << 20), 8))
+                assert len(kraw.recv_exact(sock, 100)) == 100, "no start of the 1 MB Fetch answer"
+            elif stage == "long-poll":
+                sock.sendall(kraw.encode(abuse.FETCH, 12, abuse.fetch_body(
+                    wake_topic, [0], abuse.high_watermark(target.host, target.port, wake_topic),
+                    max_wait_ms=5000, min_bytes=1), 8))
+                client_port = sock.getsockname()[1]
+                abuse.wait_for(lambda: _server_has_read(target.port, client_port), WAIT,
+                               "the broker to read the long-poll Fetch")
+            _end(sock, mode)
+            if stage == "long-poll":
+                # wake the parked Fetch: the broker now writes to a reset (or half-closed) socket
+                with kraw.connect(target.host, target.port, WAIT) as s:
+                    assert abuse.produce(s, wake_topic, 0, abuse.batch([b"wake-%d" % i]))[0] == 0
+            _settle_fds(target, base, f"{mode} at {stage} #{i}")
+        case.note(repeats=REPEATS[stage])
+
+
+# -- 2. slow senders, idle connections, connect storms -----------------------------------------
+
+
+def test_slow_senders_do_not_block_others(target):
+    """Five requests dribbled a byte every 10 ms: everyone else is served meanwhile, and
+    each dribbled request is answered once complete."""
+    names = [unique_name("slow") for _ in range(3)]
+    with abuse_case("5 slow senders (1 byte / 10 ms)", target) as case:
+        errors: list[str] = []
+
+        def dribble(n: int) -> None:
+            try:
+                with kraw.connect(target.host, target.port, WAIT) as s:
+                    for b in kraw.metadata_request(100 + n, names):
+                        s.sendall(bytes([b]))
+                        time.sleep(0.01)
+                    frame = kraw.read_frame(s)
+                    if frame is None or struct.unpack_from(">i", frame)[0] != 100 + n:
+                        errors.append(f"dribbler {n}: no answer")
+            except OSError as e:
+                errors.append(f"dribbler {n}: {e}")
+
+        threads = [threading.Thread(target=dribble, args=(n,)) for n in range(5)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert not errors, errors
+        case.note(request_bytes=len(kraw.metadata_request(1, names)))
+
+
+def test_5000_idle_connections(target):
+    """5,000 connections that never send: the broker keeps serving, each of them
+    still works, and the memory they take is bounded."""
+    pid = target.pid
+    socks: list[socket.socket] = []
+    with abuse_case("5,000 idle connections", target) as case:
+        base = abuse.open_fds(pid)
+        rss0 = abuse.rss_mb(pid)
+        try:
+            for _ in range(5000):
+                socks.append(socket.create_connection((target.host, target.port), timeout=WAIT))
+            abuse.wait_for(lambda: abuse.open_fds(pid) >= base + 5000, 60,
+                           "the broker to accept 5,000 connections")
+            rss = abuse.wait_stable(lambda: abuse.rss_mb(pid), 10, quiet=0.5)
+            case.note(rss_before_mb=round(rss0), rss_5000_idle_mb=round(rss))
+            for i in (0, 2500, 4999):  # the idle connections still work
+                kraw.call(socks[i], abuse.API_VERSIONS, 0, {}, 1000 + i)
+            # Kafka keeps a few KB per connection; 40 KB each is generous for Python
+            assert rss - rss0 < 5000 * 40 / 1024, f"5,000 idle connections took {rss - rss0:.0f} MB"
+        finally:
+            for s in socks:
+                s.close()
+        _settle_fds(target, base, "closing 5,000 idle connections")
+
+
+def test_connect_storm(target):
+    """2,000 connects and closes as fast as four threads can (half of them with an
+    unread request, i.e. ending in RST): the broker keeps serving and leaks nothing."""
+    with abuse_case("connect storm (2,000 connects)", target) as case:
+        base = abuse.open_fds(target.pid)
+        errors: list[str] = []
+        t0 = time.monotonic()
+
+        def storm(n: int) -> None:
+            for i in range(500):
+                try:
+                    s = socket.create_connection((target.host, target.port), timeout=WAIT)
+                    if i % 2:
+                        s.sendall(kraw.api_versions_request(i))
+                        kraw.reset(s)
+                    else:
+                        s.close()
+                except OSError as e:
+                    errors.append(str(e))
+
+        threads = [threading.Thread(target=storm, args=(n,)) for n in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        case.note(storm_s=round(time.monotonic() - t0, 2), refused=len(errors))
+        assert not errors, f"{len(errors)} connects failed, e.g. {errors[:3]}"
+        _settle_fds(target, base, "the connect storm")
+
+
+# -- 3. random well-framed bodies for every advertised API and version ---------------------
+
+
+def _fuzz_module():
+    """tests/protocol/test_fuzz.py: its strategies draw bodies from the generated field tables."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parent.parent / "tests" / "protocol" / "test_fuzz.py"
+    spec = importlib.util.spec_from_file_location("_kbroker_abuse_fuzz_strategies", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _served() -> dict[int, tuple[int, int]]:
+    """What the broker advertises (its handler table; the test checks the live answer agrees)."""
+    from kbroker.apis import HANDLERS
+
+    return {key: h.versions for key, h in sorted(HANDLERS.items())}
+
+
+def _api_name(key: int) -> str:
+    from protocol import API_INDEX
+
+    return API_INDEX[key].name if key in API_INDEX else str(key)
+
+
+FUZZ_EXAMPLES = 8  # per (api, version): about 1,400 requests, well under a minute
+
+
+@pytest.fixture(scope="module")
+def fuzz_broker(tmp_path_factory):
+    """A broker of its own: random bodies create, delete and reconfigure things."""
+    if EXTERNAL:
+        pytest.skip("the abuse suite needs a broker process of its own")
+    b = BrokerProcess(tmp_path_factory.mktemp("kbroker-fuzz"), {"offsets.topic.num.partitions": 1},
+                      rlimits={resource.RLIMIT_AS: (AS_LIMIT, AS_LIMIT)})
+    b.start()
+    yield b
+    try:
+        b.stop()
+    except AssertionError:
+        pass
+
+
+@pytest.fixture
+def fuzz_target(fuzz_broker, request):
+    if not fuzz_broker.alive():
+        fuzz_broker.start()
+    _watch(request, fuzz_broker)
+    return fuzz_broker
+
+
+def _answer_or_close(sock: socket.socket, marker: int, timeout: float = WAIT) -> list[bytes]:
+    """Frames until the answer carrying correlation id ``marker`` (or a close)."""
+    sock.settimeout(timeout)
+    frames = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            frame = kraw.read_frame(sock)
+        except ConnectionResetError:
+            return frames
+        except socket.timeout:
+            break
+        if frame is None:
+            return frames
+        frames.append(frame)
+        if struct.unpack_from(">i", frame)[0] == marker:
+            return frames
+    pytest.fail(f"the broker neither answered nor closed within {timeout}s")
+
+
+@pytest.mark.parametrize("api_key", list(_served()), ids=_api_name)
+def test_random_bodies_for_every_api_and_version(fuzz_target, api_key):
+    """Hypothesis draws bodies from the protocol's schemas for every advertised
+    version; each is sent well-framed, followed by an ApiVersions marker on the same
+    connection.  The broker answers (in order, with the right correlation id, in a
+    decodable layout) or closes, and stays alive; the probe keeps getting answers."""
+    from hypothesis import HealthCheck, Phase, given, settings
+    from hypothesis import strategies as st
+
+    from protocol import ProtocolError, decode_response, request_schema, supported_versions
+
+    fz = _fuzz_module()
+    lo, hi = _served()[api_key]
+    codec_lo, codec_hi = supported_versions(api_key)
+    versions = [v for v in range(lo, hi + 1) if codec_lo <= v <= codec_hi]
+    with kraw.connect(fuzz_target.host, fuzz_target.port, WAIT) as s:
+        s.sendall(kraw.api_versions_request(1))
+        _, err, live = kraw.parse_api_versions_v0(kraw.read_frame(s))
+    assert live.get(api_key) == (lo, hi), f"advertised {live.get(api_key)}, handler table says {(lo, hi)}"
+    msg = request_schema(api_key)
+    sent = [0]
+
+    @settings(max_examples=FUZZ_EXAMPLES, deadline=None, derandomize=True, database=None,
+              phases=[Phase.explicit, Phase.generate], suppress_health_check=list(HealthCheck))
+    @given(data=st.data())
+    def one(data):
+        for version in versions:
+            body = data.draw(fz.body_strategy(msg, version), label=f"v{version}")
+            try:
+                wire = kraw.encode(api_key, version, body, 11, client_id="abuse-fuzz")
+            except ProtocolError:
+                continue  # not encodable (e.g. a string longer than its length field)
+            marker = kraw.api_versions_request(12)
+            with kraw.connect(fuzz_target.host, fuzz_target.port, WAIT) as s:
+                try:
+                    s.sendall(wire + marker)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # closed while we wrote: a refusal
+                frames = _answer_or_close(s, 12)
+            sent[0] += 1
+            for frame in frames:
+                corr = struct.unpack_from(">i", frame)[0]
+                assert corr in (11, 12), f"{_api_name(api_key)} v{version}: answer with correlation id {corr}"
+                if corr == 11:
+                    decode_response(api_key, version, frame)  # the answer is in the version's layout
+            assert fuzz_target.alive(), f"the broker died on {_api_name(api_key)} v{version}: {body!r:.2000}"
+
+    with abuse_case(f"fuzz {_api_name(api_key)} v{versions[0]}-{versions[-1]}", fuzz_target) as case:
+        one()
+        case.note(requests=sent[0])
+
+
+# -- 4. pipelining, fetch.max.bytes, a partition listed twice -------------------------------
+
+
+def _pipeline_fetches(broker, topic: str, n: int) -> socket.socket:
+    """A connection that sends ``n`` Fetches for 4 MB each and never reads."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.settimeout(WAIT)
+    sock.connect((broker.host, broker.port))
+    req = b"".join(kraw.encode(abuse.FETCH, 12, abuse.fetch_body(topic, [0], 0, 4 << 20, 4 << 20), 1000 + i)
+                   for i in range(n))
+    sock.sendall(req)  # ~30 KB: fits the socket buffers whether the broker reads or not
+    return sock
+
+
+def test_fetch_pipeliners_that_never_read(target, big_topic):
+    """Three connections each pipeline 300 Fetches of 4 MB and never read (the issue:
+    1.3 GB per connection).  Kafka keeps one request in flight per connection, so the
+    broker holds at most one answer for each: RSS must stay bounded."""
+    pid = target.pid
+    with abuse_case("3 never-reading Fetch pipeliners", target) as case:
+        base = abuse.open_fds(pid)
+        rss0 = abuse.rss_mb(pid)
+        socks = [_pipeline_fetches(target, big_topic, 300) for _ in range(3)]
+        try:
+            rss = abuse.wait_stable(lambda: abuse.rss_mb(pid), 20, quiet=1.0)
+            case.note(rss_before_mb=round(rss0), rss_3_pipeliners_mb=round(rss))
+            # one 4 MB answer per connection, plus copies and buffers: well under 150 MB
+            assert rss - rss0 < 150, f"3 never-reading pipeliners took {rss - rss0:.0f} MB"
+        finally:
+            for s in socks:
+                kraw.reset(s)
+        _settle_fds(target, base, "resetting the pipeliners")
+
+
+def test_stuck_reader_is_closed_after_connections_max_idle_ms(start_broker):
+    """A connection whose answers are never read makes no progress: Kafka counts it
+    idle and closes it after connections.max.idle.ms."""
+    b = start_broker(connections_max_idle_ms=1000)
+    topic = _fresh_topic(b)
+    with kraw.connect(b.host, b.port, WAIT) as s:
+        for i in range(4):
+            assert abuse.produce(s, topic, 0, abuse.batch([b"x" * 1_000_000]))[0] == 0
+    with abuse_case("never-reading connection vs connections.max.idle.ms=1000", b) as case:
+        base = abuse.open_fds(b.pid)
+        sock = _pipeline_fetches(b, topic, 50)
+        try:
+            abuse.wait_for(lambda: abuse.open_fds(b.pid) > base, WAIT, "the broker to accept the connection")
+            t0 = time.monotonic()
+            abuse.wait_for(lambda: abuse.open_fds(b.pid) <= base, 15,
+                           "the broker to close a connection stuck writing for more than 1 s")
+            case.note(closed_after_s=round(time.monotonic() - t0, 2))
+        finally:
+            sock.close()
+
+
+def test_fetch_answers_are_capped_by_fetch_max_bytes(start_broker):
+    """A broker with fetch.max.bytes=1 MiB never answers a Fetch with more, whatever
+    the client asks for; a client's own small max_bytes is honoured too (Kafka lets
+    only the first batch exceed it)."""
+    b = start_broker(fetch_max_bytes=1048576)
+    topic = _fresh_topic(b)
+    with kraw.connect(b.host, b.port, WAIT) as s:
+        for i in range(30):  # 30 batches of 100 KB = 3 MB
+            assert abuse.produce(s, topic, 0, abuse.batch([bytes([48 + i % 10]) * 100_000]))[0] == 0
+        with abuse_case("Fetch capped by fetch.max.bytes=1MiB", b) as case:
+            frame_sizes = {}
+            for label, max_bytes in (("client-50MB", 50 << 20), ("client-250KB", 250_000)):
+                s.sendall(kraw.encode(abuse.FETCH, 12, abuse.fetch_body(topic, [0], 0, max_bytes, 50 << 20), 5))
+                frame = kraw.read_frame(s)
+                assert frame is not None, "the broker closed instead of answering"
+                _, ans = kraw.decode(abuse.FETCH, 12, frame)
+                records = ans.responses[0].partitions[0].records or b""
+                frame_sizes[label] = len(frame)
+                limit = min(max_bytes, 1048576)
+                assert 0 < len(records) <= limit, f"{label}: {len(records)} bytes of records, limit {limit}"
+                assert len(frame) <= limit + 4096, f"{label}: a {len(frame)}-byte answer, limit {limit}"
+            case.note(**{f"answer_{k}_bytes": v for k, v in frame_sizes.items()})
+
+
+def test_partition_listed_five_times_is_answered_once(target, big_topic):
+    """Kafka keys a Fetch's partitions by name (a map): the same partition five times
+    is one entry in the answer, not five copies of its data."""
+    body = abuse.fetch_body(big_topic, [0, 0, 0, 0, 0], 0, 50 << 20, 1 << 20)
+    with abuse_case("one partition listed 5 times in a Fetch", target) as case:
+        with kraw.connect(target.host, target.port, WAIT) as s:
+            s.sendall(kraw.encode(abuse.FETCH, 12, body, 3))
+            frame = kraw.read_frame(s)
+        assert frame is not None, "the broker closed instead of answering"
+        _, ans = kraw.decode(abuse.FETCH, 12, frame)
+        entries = [p for t in ans.responses for p in t.partitions if t.topic == big_topic]
+        case.note(answer_bytes=len(frame), entries=len(entries))
+        if ans.error_code == 0:
+            assert len(entries) == 1, f"the partition was answered {len(entries)} times ({len(frame)} bytes)"
+        else:
+            assert not entries  # refusing the whole request (INVALID_REQUEST) is acceptable too
