@@ -496,3 +496,360 @@ def test_partition_listed_five_times_is_answered_once(target, big_topic):
             assert len(entries) == 1, f"the partition was answered {len(entries)} times ({len(frame)} bytes)"
         else:
             assert not entries  # refusing the whole request (INVALID_REQUEST) is acceptable too
+
+
+# -- 5. huge requests -----------------------------------------------------------------------
+
+MAX_REQUEST = 104857600  # socket.request.max.bytes, Kafka's default (the shared broker keeps it)
+
+
+def _uvarint(n: int) -> bytes:
+    out = bytearray()
+    while n >= 0x80:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _flexible_frame(api_key: int, version: int, body: bytes, correlation_id: int) -> bytes:
+    """Size prefix + request header v2 + body (laid out by hand: too big for the codec's pace)."""
+    client = b"abuse"
+    payload = struct.pack(">hhih", api_key, version, correlation_id, len(client)) + client + b"\x00" + body
+    return struct.pack(">i", len(payload)) + payload
+
+
+def _metadata_v9_empty_names(total_bytes: int, correlation_id: int = 21) -> bytes:
+    """Metadata v9 whose frame is ``total_bytes`` long: topics = N empty names (2 bytes each)."""
+    n = (total_bytes - 40) // 2
+    body = _uvarint(n + 1) + b"\x01\x00" * n + b"\x00\x00\x00\x00"  # names; auto-create, 2 flags, tags
+    return _flexible_frame(abuse.METADATA, 9, body, correlation_id)
+
+
+def _create_topics_v5(entries: bytes, count: int, validate_only: bool = False, correlation_id: int = 22) -> bytes:
+    body = _uvarint(count + 1) + entries + struct.pack(">i?", 30000, validate_only) + b"\x00"
+    return _flexible_frame(abuse.CREATE_TOPICS, 5, body, correlation_id)
+
+
+def _topic_entry(name: bytes, partitions: int = 1) -> bytes:
+    # name, num_partitions, replication_factor, assignments [], configs [], tags
+    return _uvarint(len(name) + 1) + name + struct.pack(">ih", partitions, 1) + b"\x01\x01\x00"
+
+
+def _hostile(broker, frame: bytes, case, label: str, answer_within: float = WAIT):
+    """Send one huge frame on its own connection; return the answer's payload, or None
+    if the broker closed the connection (an acceptable refusal).  Records the peak RSS
+    (VmHWM, reset first) and the time to the answer.  A broker that neither answers
+    nor closes in time is killed (it would burn the CPU of every later test) and the
+    case fails."""
+    pid = broker.pid
+    abuse.reset_peak(pid)
+    rss0 = abuse.rss_mb(pid)
+    t0 = time.monotonic()
+    payload = None
+    try:
+        with kraw.connect(broker.host, broker.port, answer_within) as s:
+            try:
+                s.sendall(frame)
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # refused while we were still writing
+            except socket.timeout:
+                broker.kill()
+                pytest.fail(f"{label}: the broker stopped reading the request for {answer_within}s")
+            s.settimeout(answer_within)
+            try:
+                payload = kraw.read_frame(s)
+            except ConnectionResetError:
+                payload = None
+            except socket.timeout:
+                broker.kill()
+                pytest.fail(f"{label}: no answer and no close within {answer_within}s after the request")
+    finally:
+        elapsed = time.monotonic() - t0
+        if broker.alive():
+            peak = abuse.peak_mb(pid)
+            case.note(**{f"{label}_peak_rss_mb": round(peak), f"{label}_growth_mb": round(peak - rss0),
+                         f"{label}_s": round(elapsed, 2)})
+    return payload, peak - rss0
+
+
+def test_metadata_v9_of_4mb_empty_topic_names(target):
+    """The issue: 1 GB RSS and a 21 s stall for everyone.  Kafka reads the names into
+    a set: one answer entry (INVALID_TOPIC_EXCEPTION for ""), or the broker may refuse
+    the request; either way quickly, with bounded memory, others served meanwhile."""
+    with abuse_case("Metadata v9 with 4 MB of empty topic names", target) as case:
+        payload, growth = _hostile(target, _metadata_v9_empty_names(4 << 20), case, "md4mb")
+        if payload is not None:
+            corr, ans = kraw.decode(abuse.METADATA, 9, payload)
+            assert corr == 21
+            assert len(payload) < 1 << 20, f"a {len(payload)}-byte answer to 2M copies of one name"
+        assert growth < 200, f"a 4 MB request took {growth:.0f} MB"
+
+
+def test_largest_allowed_metadata_request(target):
+    """Metadata v9 of socket.request.max.bytes (100 MB, Kafka's default): 52 million
+    empty names.  Peak RSS and the probe's worst latency go to the catalogue."""
+    with abuse_case("largest allowed Metadata (100 MB of empty names)", target) as case:
+        payload, growth = _hostile(target, _metadata_v9_empty_names(MAX_REQUEST + 4), case, "md100mb",
+                                   answer_within=30)
+        if payload is not None:
+            assert struct.unpack_from(">i", payload)[0] == 21
+            assert len(payload) < 1 << 20
+        assert growth < 500, f"a 100 MB request took {growth:.0f} MB"
+
+
+@pytest.mark.parametrize("count", [9000, 40000])
+def test_create_topics_with_many_invalid_names(target, count):
+    """The issue: 40,000 invalid names stalled everyone for 18 s (a quadratic duplicate
+    check).  Kafka first counts the partitions the request asks for: over 10,000
+    refuses every entry with POLICY_VIOLATION; under it, each invalid name gets
+    INVALID_TOPIC_EXCEPTION.  Quickly either way; nothing is created."""
+    names = [b"bad name %d!" % i for i in range(count)]
+    frame = _create_topics_v5(b"".join(_topic_entry(n) for n in names), len(names))
+    expected = abuse.POLICY_VIOLATION if count > 10000 else abuse.INVALID_TOPIC_EXCEPTION
+    label = f"ct{count // 1000}k"
+    with abuse_case(f"CreateTopics of {count:,} invalid names", target) as case:
+        payload, growth = _hostile(target, frame, case, label)
+        assert payload is not None, "the broker closed instead of answering a CreateTopics of under 1 MB"
+        corr, ans = kraw.decode(abuse.CREATE_TOPICS, 5, payload)
+        codes = {t.error_code for t in ans.topics}
+        assert len(ans.topics) == count and codes == {expected}, \
+            f"{len(ans.topics)} results, codes {codes}, expected {expected} for each"
+        assert growth < 200, f"a CreateTopics of {len(frame)} bytes took {growth:.0f} MB"
+
+
+def test_largest_allowed_create_topics_request(target):
+    """CreateTopics of socket.request.max.bytes (100 MB): 8.7 million entries of one
+    invalid name.  Answered (Kafka: INVALID_REQUEST for the duplicated name) or refused;
+    bounded memory; others served meanwhile."""
+    entry = _topic_entry(b"x!")
+    count = (MAX_REQUEST - 64) // len(entry)
+    frame = _create_topics_v5(entry * count, count)
+    with abuse_case("largest allowed CreateTopics (100 MB)", target) as case:
+        payload, growth = _hostile(target, frame, case, "ct100mb", answer_within=30)
+        if payload is not None:
+            corr, ans = kraw.decode(abuse.CREATE_TOPICS, 5, payload)
+            assert all(t.error_code != 0 for t in ans.topics)
+            assert len(payload) < 1 << 20
+        assert growth < 500, f"a 100 MB request took {growth:.0f} MB"
+        assert "x!" not in abuse.topic_names(target.host, target.port)
+
+
+def test_create_topics_beyond_10000_records_is_refused(target):
+    """Kafka caps one operation at 10,000 metadata records and answers POLICY_VIOLATION
+    ("Unable to perform excessively large batch operation"): a topic of 1,000,000
+    partitions, validate_only or not, is refused at once and never created."""
+    name = unique_name("huge")
+    with abuse_case("CreateTopics of 1,000,000 partitions", target) as case:
+        with kraw.connect(target.host, target.port, WAIT) as s:
+            for validate_only in (True, False):
+                t0 = time.monotonic()
+                err, msg = abuse.create_topics(s, [abuse.creatable(name, 1_000_000)], validate_only)[name]
+                elapsed = time.monotonic() - t0
+                case.note(**{f"{'validate' if validate_only else 'create'}_s": round(elapsed, 2)})
+                assert err == abuse.POLICY_VIOLATION, f"validate_only={validate_only}: error {err} {msg}"
+                assert elapsed < 2, f"refusing took {elapsed:.1f}s"
+        assert name not in abuse.topic_names(target.host, target.port)
+
+
+def test_metadata_does_not_auto_create_5000_topics(target):
+    """The issue: one 80 KB Metadata request auto-created 5,000 topics.  With
+    num.partitions=2 that is 15,000 metadata records, over Kafka's 10,000 per
+    operation: the auto-creation is refused as a whole, nothing is half-created."""
+    names = [unique_name("auto") for _ in range(5000)]
+    with abuse_case("Metadata auto-creating 5,000 topics", target) as case:
+        with kraw.connect(target.host, target.port, 30) as s:
+            t0 = time.monotonic()
+            ans = abuse.metadata(s, names, allow_auto=True)
+            case.note(answer_s=round(time.monotonic() - t0, 2))
+        assert len(ans.topics) == 5000
+        created = set(names) & abuse.topic_names(target.host, target.port)
+        case.note(created=len(created))
+        assert not created, f"{len(created)} of 5,000 topics auto-created by one request"
+
+
+def _zstd_batch_of_empty_records(n: int) -> bytes:
+    """A zstd batch of ``n`` records with no key and no value (tiny on the wire)."""
+    import zstandard
+
+    from protocol.records import BATCH_HEADER_SIZE, compute_crc
+
+    section = bytearray()
+    for i in range(n):
+        delta = _zigzag(i)
+        body = b"\x00\x00" + delta + b"\x01\x01\x00"  # attributes, ts delta, offset delta, key -1, value -1, 0 headers
+        section += _zigzag(len(body)) + body
+    payload = zstandard.ZstdCompressor().compress(bytes(section))
+    now = int(time.time() * 1000)
+    out = bytearray(struct.pack(">qiibIhiqqqhii", 0, 49 + len(payload), -1, 2, 0, 4, n - 1, now, now, -1, -1, -1, n))
+    out += payload
+    struct.pack_into(">I", out, 17, compute_crc(out))
+    assert len(out) == BATCH_HEADER_SIZE + len(payload)
+    return bytes(out)
+
+
+def _zigzag(v: int) -> bytes:
+    return _uvarint((v << 1) ^ (v >> 63))
+
+
+def test_small_compressed_batch_of_a_million_records(target):
+    """The issue: a 6 KB zstd batch declaring 9.5M records stalled everyone for 47 s
+    on every ListOffsets by timestamp.  A 1M-record version: producing it and looking
+    up offsets by timestamp never stall other clients."""
+    try:
+        batch = _zstd_batch_of_empty_records(1_000_000)
+    except ImportError:
+        pytest.skip("zstandard is not installed")
+    topic = _fresh_topic(target)
+    with abuse_case("zstd batch of 1M empty records + ListOffsets by time", target) as case:
+        with kraw.connect(target.host, target.port, 30) as s:
+            t0 = time.monotonic()
+            err, base = abuse.produce(s, topic, 0, batch)
+            case.note(batch_bytes=len(batch), produce_error=err, produce_s=round(time.monotonic() - t0, 2))
+            hw = abuse.list_offset(s, topic, 0, -1)
+            if err == 0:
+                assert hw == base + 1_000_000
+            else:
+                assert hw == 0
+            t0 = time.monotonic()
+            for ts in (0, int(time.time() * 1000) - 60000, -3):  # -3: max timestamp
+                abuse.list_offset(s, topic, 0, ts)
+            case.note(list_offsets_s=round(time.monotonic() - t0, 2))
+
+
+# -- 8. batch headers that lie ----------------------------------------------------------------
+
+
+def test_batch_claiming_2pow31_offsets_is_invalid_record(target):
+    """A one-record batch whose header claims last_offset_delta = 2^31-1: Kafka answers
+    INVALID_RECORD (87); the high watermark does not move and the next record gets the
+    next offset."""
+    from protocol.records import compute_crc
+
+    topic = _fresh_topic(target)
+    with abuse_case("batch header claiming last_offset_delta 2^31-1", target) as case:
+        with kraw.connect(target.host, target.port, WAIT) as s:
+            assert abuse.produce(s, topic, 0, abuse.batch([b"before"])) == (0, 0)
+            liar = bytearray(abuse.batch([b"liar"]))
+            struct.pack_into(">i", liar, 23, 2**31 - 1)  # last_offset_delta (inside the CRC's span)
+            struct.pack_into(">I", liar, 17, compute_crc(liar))
+            err, _ = abuse.produce(s, topic, 0, bytes(liar))
+            hw = abuse.list_offset(s, topic, 0, -1)
+            case.note(error=err, high_watermark_after_lie=hw)
+            assert err == abuse.INVALID_RECORD, f"the lying batch got error {err}"
+            assert hw == 1, f"the high watermark moved to {hw}"
+            after = abuse.produce(s, topic, 0, abuse.batch([b"after"]))
+            case.acked = 2
+            got, end, _ = abuse.read_partition(target.host, target.port, topic)
+            values = [got[o].value for o in sorted(got)]
+            case.lost = sum(v not in values for v in (b"before", b"after"))
+        assert after == (0, 1) and end == 2 and values == [b"before", b"after"], (after, end, values)
+
+
+# -- 9. listener-specific metadata ------------------------------------------------------------
+
+
+def test_metadata_answers_with_the_listener_the_request_came_in_on(start_broker):
+    """Two listeners, advertised with different hosts: Kafka answers Metadata and
+    FindCoordinator with the endpoint of the listener the request arrived on."""
+    internal, external = free_port(), free_port()
+    b = start_broker({
+        "listeners": f"PLAINTEXT://127.0.0.1:{internal},EXTERNAL://127.0.0.1:{external}",
+        "advertised.listeners": f"PLAINTEXT://127.0.0.1:{internal},EXTERNAL://localhost:{external}",
+        "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,EXTERNAL:PLAINTEXT,CONTROLLER:PLAINTEXT",
+        "inter.broker.listener.name": "PLAINTEXT",
+    }, port=internal)
+    with abuse_case("Metadata on the EXTERNAL listener", b) as case:
+        seen = {}
+        for port, host in ((internal, "127.0.0.1"), (external, "localhost")):
+            with kraw.connect("127.0.0.1", port, WAIT) as s:
+                md = abuse.metadata(s, [])
+                coord = kraw.call(s, abuse.FIND_COORDINATOR, 3, {"key": "g", "key_type": 0})
+            seen[port] = ([(br.host, br.port) for br in md.brokers], (coord.host, coord.port))
+            assert seen[port][0] == [(host, port)], f"Metadata on port {port}: brokers {seen[port][0]}"
+            assert coord.error_code == 0 and seen[port][1] == (host, port), \
+                f"FindCoordinator on port {port}: {coord}"
+        case.note(external=seen[external][0])
+        # and a real client bootstrapping through EXTERNAL works end to end
+        from compat.clients import Msg, consume_confluent, produce_confluent
+
+        topic = _fresh_topic(b)
+        placements = produce_confluent(f"localhost:{external}", topic, [Msg(b"k", b"via-external")])
+        case.acked = 1
+        got = consume_confluent(f"localhost:{external}", topic, 1, timeout=20)
+        case.lost = 0 if [r.value for r in got] == [b"via-external"] else 1
+        assert placements == [(0, 0)]
+
+
+# -- 10. connection limits ------------------------------------------------------------------
+
+
+def _served_within(sock: socket.socket, timeout: float) -> bool:
+    """True if an ApiVersions request on ``sock`` is answered within ``timeout``;
+    False if the broker closed the connection or kept it waiting."""
+    try:
+        sock.settimeout(timeout)
+        sock.sendall(kraw.api_versions_request(31))
+        frame = kraw.read_frame(sock)
+        return frame is not None and struct.unpack_from(">i", frame)[0] == 31
+    except (socket.timeout, ConnectionResetError, BrokenPipeError):
+        return False
+
+
+def test_max_connections_per_ip(start_broker):
+    """max.connections.per.ip=5: the 6th connection from 127.0.0.1 is closed by the
+    broker, another address is still served, and closing one frees a slot."""
+    b = start_broker(max_connections_per_ip=5)
+    with abuse_case("max.connections.per.ip=5", b, probe_source="127.0.0.2") as case:
+        base = abuse.open_fds(b.pid)
+        five = [kraw.connect(b.host, b.port, WAIT) for _ in range(5)]
+        try:
+            for s in five:
+                assert _served_within(s, WAIT), "one of the first five connections was not served"
+            with kraw.connect(b.host, b.port, WAIT) as sixth:
+                sixth.settimeout(WAIT)
+                try:
+                    closed = sixth.recv(1) == b""
+                except ConnectionResetError:
+                    closed = True
+                except socket.timeout:
+                    closed = False
+                assert closed, "the 6th connection from 127.0.0.1 was not closed by the broker"
+            five.pop().close()
+            abuse.wait_for(lambda: abuse.open_fds(b.pid) <= base + 4, WAIT, "the broker to close a freed slot")
+            with kraw.connect(b.host, b.port, WAIT) as again:
+                assert _served_within(again, WAIT), "a freed slot was not given to a new connection"
+            case.note(limit=5)
+        finally:
+            for s in five:
+                s.close()
+
+
+def test_dynamic_max_connections_is_enforced(start_broker):
+    """IncrementalAlterConfigs sets the cluster default max.connections=3 at runtime:
+    a 4th connection is not served (closed, or kept waiting as Kafka's acceptor
+    does) while three are open; closing one lets a new connection in."""
+    b = start_broker()
+    conns: list[socket.socket] = []
+    with abuse_case("dynamic max.connections=3", b, probe=False) as case:
+        admin = kraw.connect(b.host, b.port, WAIT)
+        conns.append(admin)
+        try:
+            body = {"resources": [{"resource_type": 4, "resource_name": "", "configs": [
+                {"name": "max.connections", "config_operation": 0, "value": "3"}]}], "validate_only": False}
+            ans = kraw.call(admin, abuse.INCREMENTAL_ALTER_CONFIGS, 1, body)
+            assert ans.responses[0].error_code == 0, ans
+            for _ in range(2):
+                conns.append(kraw.connect(b.host, b.port, WAIT))
+                assert _served_within(conns[-1], WAIT), "one of the first three connections was not served"
+            fourth = kraw.connect(b.host, b.port, WAIT)
+            conns.append(fourth)
+            assert not _served_within(fourth, 1.0), "a 4th connection was served with max.connections=3"
+            conns.pop(1).close()
+            # the waiting 4th (Kafka) or a new connection (a broker that closed the 4th) gets in
+            abuse.wait_for(lambda: _served_within(kraw.connect(b.host, b.port, WAIT), 1.0), WAIT,
+                           "a connection to be served after a slot was freed")
+            case.note(limit=3)
+        finally:
+            for s in conns:
+                s.close()
