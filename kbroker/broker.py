@@ -21,16 +21,21 @@ from protocol import ErrorCode
 
 from . import metadata_log
 from .config import Config, ConfigError
+from .crashpoints import crash_point
 from .controller.controller import Controller
 from .group.coordinator import GroupCoordinator
 from .log.config import LogConfig, validate_topic_config
+from .log.errors import LogError
 from .log.manager import LogManager
+from .metadata.errors import MetadataLogFatal, MetadataWriteFailed
 from .metadata.image import BROKER_RESOURCE, MetadataImage, TopicImage
 from .partition import Partition
 
 log = logging.getLogger("kbroker.broker")
 
 METADATA_TOPIC = "__cluster_metadata"
+# How long one stretch of partition-log work may hold the trio thread.
+SYNC_SLICE_SECONDS = 0.005
 ZERO_UUID = uuid.UUID(int=0)
 
 
@@ -41,6 +46,14 @@ def _broker_log_properties(config: Config) -> dict[str, str]:
         for row in config.items()
         if row.value is not None and row.source != "DEFAULT_CONFIG"
     }
+
+
+def _unanswerable(reason: str) -> Exception:
+    """The request cannot be answered truthfully while the broker stops: its
+    connection is closed (imported late: the handlers import this module)."""
+    from .apis import CloseConnection
+
+    return CloseConnection(reason)
 
 
 class Broker:
@@ -69,12 +82,21 @@ class Broker:
         self._producer_ids_next = 0
         self._producer_ids_end = 0
         self._metadata_lock = trio.Lock()
+        # Set (to the reason) once the metadata log is in a state this process
+        # cannot trust; no further change is accepted and the broker stops.
+        self.fatal: str | None = None
+        self._nursery: trio.Nursery | None = None
+        self._sync_lock = trio.Lock()
+        # Partitions placed here whose log could not be created: the reason.
+        # They answer KAFKA_STORAGE_ERROR; every sync (and start) retries them.
+        self.storage_errors: dict[tuple[str, int], str] = {}
         self.groups = GroupCoordinator(self)
 
     # -- lifecycle ---------------------------------------------------------------
     async def start(self, nursery: trio.Nursery, bound_ports: dict[str, int] | None = None) -> None:
         """Open everything and register; ``bound_ports`` (listener name -> port)
         replaces port 0 in the advertised endpoints with the port actually bound."""
+        self._nursery = nursery
         self.bound_ports = bound_ports or {}
         for d in self.log_dirs:
             os.makedirs(d, exist_ok=True)
@@ -92,7 +114,7 @@ class Broker:
         self.image.cluster_id = self.cluster_id
         self._apply_dynamic_config()
         await self._register()
-        self._sync_partitions()
+        await self._sync_partitions()
         await self.groups.start(nursery)
         nursery.start_soon(self.logs.run_retention, self.config["log.retention.check.interval.ms"])
         nursery.start_soon(self.logs.run_cleaner, self.config["log.cleaner.backoff.ms"])
@@ -102,6 +124,10 @@ class Broker:
 
     async def close(self) -> None:
         if self.logs is not None:
+            if self.fatal is not None and not self.metadata.offline:
+                # No clean-shutdown marker for the metadata log's directory:
+                # the next start must recover (CRC-check) its tail.
+                self.logs.mark_offline(os.path.dirname(self.metadata.plog.path), self.fatal)
             await trio.to_thread.run_sync(self._close_sync)
 
     def _close_sync(self) -> None:
@@ -130,17 +156,60 @@ class Broker:
 
     # -- metadata changes ----------------------------------------------------------
     async def submit(self, records: list) -> None:
-        """Append controller records to the metadata log, apply them, and act on them."""
+        """Append controller records to the metadata log, apply them, and act on them.
+
+        The image changes only after the records are durable, so an answer
+        never mentions a change a restart would not replay.  If the append or
+        its fsync fails the change is neither applied nor acknowledged
+        (:class:`MetadataWriteFailed`), and the log is cut back to where it
+        was; if even that fails the log may hold records the image lacks, the
+        state Kafka's controller treats as fatal, and the broker stops
+        (:class:`MetadataLogFatal`).
+        """
         if not records:
             return
         # One change at a time: records must reach the image in log order,
         # and the fsync inside append yields to other tasks.
         async with self._metadata_lock:
-            for offset, name, record in await self.metadata.append(records):
+            if self.fatal is not None:
+                raise _unanswerable(self.fatal)
+            if self.metadata.offline:
+                # Its directory failed earlier (and the log was rolled back to
+                # match the image); Kafka needs a restart to bring it back.
+                raise MetadataWriteFailed("the metadata log directory is offline until the broker is restarted")
+            start = self.metadata.end_offset
+            try:
+                written = await self.metadata.append(records)
+            except (OSError, LogError) as e:
+                await self._rollback_metadata(start, e)
+                raise MetadataWriteFailed(f"the metadata log could not be written: {e}") from e
+            crash_point("metadata.apply")
+            for offset, name, record in written:
                 self.image.apply(name, record, offset)
         if any(name == "ConfigRecord" and body["resource_type"] == BROKER_RESOURCE for name, body in records):
             self._apply_dynamic_config()
-        self._sync_partitions()
+        await self._sync_partitions()
+
+    async def _rollback_metadata(self, offset: int, cause: Exception) -> None:
+        try:
+            await self.metadata.rollback(offset)
+        except (OSError, LogError) as e:
+            reason = (
+                f"metadata log write failed ({cause}) and could not be rolled back to offset {offset} ({e}); "
+                "stopping: the log may hold records this broker never applied"
+            )
+            log.critical("%s", reason)
+            self.fatal = reason
+            if self._nursery is not None:
+                self._nursery.start_soon(self._stop_fatally, reason)
+            raise _unanswerable(reason) from cause
+        log.error("metadata log write failed, rolled back to offset %d: %s", offset, cause)
+
+    async def _stop_fatally(self, reason: str) -> None:
+        # Raising in the serve nursery cancels every task, closes the logs
+        # (without the clean-shutdown marker, see close) and ends the process
+        # with this reason as its one line on stderr.
+        raise MetadataLogFatal(reason)
 
     def _apply_dynamic_config(self) -> None:
         """Layer the dynamic broker configs of the image over the static config.
@@ -168,36 +237,67 @@ class Broker:
         if self.logs is not None:
             self.logs.default_config = default_log_config
 
-    def _sync_partitions(self) -> None:
-        """Open logs for partitions placed here; drop those whose topic is gone."""
-        wanted = set()
-        for t in self.image.topics.values():
-            cfg = self.log_config_for(t.name)
-            for p in t.partitions.values():
-                if self.node_id not in p.replicas:
-                    continue
-                key = (t.name, p.partition_id)
-                wanted.add(key)
-                part = self.partitions.get(key)
-                if part is None:
-                    plog = self.logs.get(t.name, p.partition_id)
-                    if plog is None:
-                        plog = self.logs.create(t.name, p.partition_id, cfg)
-                    elif plog.config != cfg:
-                        # Loaded from disk before the image was replayed: default config.
-                        self.logs.update_config(t.name, cfg)
-                    self.partitions[key] = Partition(t.name, p.partition_id, plog, leader_epoch=p.leader_epoch)
-                else:
-                    part.leader_epoch = p.leader_epoch
-                    if part.log.config != cfg:
-                        self.logs.update_config(t.name, cfg)
-        for key in list(self.partitions):
-            if key not in wanted:
-                del self.partitions[key]
-        # Logs of partitions no longer placed here, including topics deleted while we were down.
-        for key, _plog in self.logs:
-            if key not in wanted and key[0] != METADATA_TOPIC:
-                self.logs.delete(*key)
+    async def _sync_partitions(self) -> None:
+        """Make the local logs match the image: open logs for partitions placed
+        here, drop those whose topic is gone.
+
+        The image is the committed truth and is never touched here.  A log
+        that cannot be created (EMFILE, ENOSPC: the log manager takes its
+        directory offline) leaves its partition in :attr:`storage_errors`,
+        answering KAFKA_STORAGE_ERROR, and is tried again at the next sync or
+        start -- the image does not shrink to match the disk.  Creating
+        thousands of logs yields to other tasks every few milliseconds, and
+        one sync runs at a time (the image may change while it yields; the
+        next sync picks that up).
+        """
+        async with self._sync_lock:
+            wanted: set[tuple[str, int]] = set()
+            todo = []
+            for t in list(self.image.topics.values()):
+                placed = [p for p in t.partitions.values() if self.node_id in p.replicas]
+                if placed:
+                    todo.append((t.name, self.log_config_for(t.name), placed))
+                    wanted.update((t.name, p.partition_id) for p in placed)
+            slice_end = trio.current_time() + SYNC_SLICE_SECONDS
+            for name, cfg, placed in todo:
+                config_checked = False
+                for p in placed:
+                    if trio.current_time() > slice_end:
+                        await trio.sleep(0)
+                        slice_end = trio.current_time() + SYNC_SLICE_SECONDS
+                        if name not in self.image.topics:
+                            break  # deleted meanwhile; the sync after that deletion drops it
+                    key = (name, p.partition_id)
+                    part = self.partitions.get(key)
+                    if part is not None:
+                        part.leader_epoch = p.leader_epoch
+                        plog = part.log
+                    else:
+                        try:
+                            plog = self.logs.get(name, p.partition_id) or self.logs.create(name, p.partition_id, cfg)
+                        except (OSError, LogError) as e:
+                            if key not in self.storage_errors:
+                                log.error("cannot create the log of %s-%d (KAFKA_STORAGE_ERROR until it can): %s",
+                                          name, p.partition_id, e)
+                            self.storage_errors[key] = str(e)
+                            continue
+                        self.storage_errors.pop(key, None)
+                        self.partitions[key] = Partition(name, p.partition_id, plog, leader_epoch=p.leader_epoch)
+                    if not config_checked and plog.config != cfg:
+                        # Once per topic: update_config walks every log.  A log
+                        # loaded before the image was replayed has the default config.
+                        self.logs.update_config(name, cfg)
+                    config_checked = True
+            for key in list(self.partitions):
+                if key not in wanted:
+                    del self.partitions[key]
+            for key in list(self.storage_errors):
+                if key not in wanted:
+                    del self.storage_errors[key]
+            # Logs of partitions no longer placed here, including topics deleted while we were down.
+            for key, _plog in self.logs:
+                if key not in wanted and key[0] != METADATA_TOPIC:
+                    self.logs.delete(*key)
 
     def log_config_for(self, topic: str) -> LogConfig:
         overrides = self.image.topic_configs(topic)
@@ -230,6 +330,8 @@ class Broker:
         if index not in topic.partitions:
             return None, ErrorCode.UNKNOWN_TOPIC_OR_PARTITION
         part = self.partitions.get((topic.name, index))
+        if part is None and (topic.name, index) in self.storage_errors:
+            return None, ErrorCode.KAFKA_STORAGE_ERROR
         if part is None or topic.partitions[index].leader != self.node_id:
             return None, ErrorCode.NOT_LEADER_OR_FOLLOWER
         if part.offline:  # its log dir failed (see LogManager.mark_offline)
@@ -243,17 +345,14 @@ class Broker:
     # -- helpers for handlers --------------------------------------------------------
     async def create_topics(self, specs: list[dict], *, validate_only: bool = False):
         """Create topics; returns controller TopicResults in request order."""
-        results = []
-        records = []
-        pending: set[str] = set()
-        for spec in specs:
-            recs, res = self.controller.create_topic(pending=pending, **spec)
-            results.append(res)
-            if res.error == 0:
-                pending.add(res.name)
-                records.extend(recs)
+        records, results = self.controller.create_topics(specs)
         if not validate_only:
-            await self.submit(records)
+            try:
+                await self.submit(records)
+            except MetadataWriteFailed as e:
+                for r in results:
+                    if r.error == ErrorCode.NONE:
+                        r.error, r.message = ErrorCode.KAFKA_STORAGE_ERROR, str(e)
         return results
 
     async def allocate_producer_id(self) -> int:

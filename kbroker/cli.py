@@ -112,13 +112,60 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
              path or "defaults")
     try:
         run(config)
-    except KeyboardInterrupt:
-        return 130
-    except ConfigError as e:
-        # Settings that only the server can check (e.g. cluster.id against meta.properties).
-        print(f"kbroker: {e}", file=sys.stderr)
-        return 2
+    except BaseException as e:  # noqa: B902 - every way out of the server ends here, by design
+        return _report_failure(e)
     return 0
+
+
+def _leaves(exc: BaseException):
+    """The exceptions inside (nested) exception groups, or ``exc`` itself."""
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            yield from _leaves(inner)
+    else:
+        yield exc
+
+
+def _report_failure(exc: BaseException) -> int:
+    """One line on stderr for a server that could not start or had to stop; the exit status.
+
+    Trio hands back a failure from inside the server's nurseries wrapped in
+    (nested) exception groups, whose default rendering is dozens of lines
+    of tracebacks through trio's internals for what is usually one fact: a
+    data dir is not writable, meta.properties belongs to another node, the
+    metadata log failed.  The cause worth reading is picked from the group
+    (configuration problems first); the traceback stays available at
+    ``--log-level DEBUG``.  Status 2 for configuration errors (as for a bad
+    command line), 130 for Ctrl-C, 1 otherwise.
+    """
+    # trio.Cancelled leaves are the echo of the real failure cancelling its siblings.
+    leaves = [e for e in _leaves(exc) if type(e).__name__ != "Cancelled"] or [exc]
+
+    def rank(e: BaseException) -> int:
+        if isinstance(e, ConfigError):
+            return 0
+        if isinstance(e, SystemExit) and isinstance(e.code, str):
+            return 1
+        if isinstance(e, KeyboardInterrupt):
+            return 4
+        if isinstance(e, Exception):
+            return 2 if type(e).__module__.startswith("kbroker") else 3
+        return 5
+
+    cause = min(leaves, key=rank)
+    log.debug("the server stopped", exc_info=exc)
+    if isinstance(cause, KeyboardInterrupt):
+        return 130
+    if isinstance(cause, SystemExit):
+        if not isinstance(cause.code, str):
+            return cause.code if isinstance(cause.code, int) else 1
+        message = cause.code.removeprefix("kbroker: ")
+    elif isinstance(cause, (ConfigError, OSError)) or type(cause).__module__.startswith("kbroker"):
+        message = str(cause) or type(cause).__name__
+    else:
+        message = f"{type(cause).__name__}: {cause}"
+    print(f"kbroker: {message}", file=sys.stderr)
+    return 2 if isinstance(cause, ConfigError) else 1
 
 
 def entry() -> None:

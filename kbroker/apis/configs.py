@@ -30,11 +30,12 @@ current set.
 from __future__ import annotations
 
 import logging
+from collections import Counter
 
 from protocol import ApiKey, ErrorCode
 
 from ..config import BROKER_CONFIGS, PER_BROKER, ConfigError
-from ..controller.controller import topic_name_error
+from ..controller.controller import MAX_RECORDS_PER_USER_OP, TOO_MANY_RECORDS, topic_name_error
 from ..log.config import (
     CONFIG_TYPE_CODES,
     TOPIC_CONFIGS,
@@ -42,6 +43,7 @@ from ..log.config import (
     format_config_value,
     validate_topic_config,
 )
+from ..metadata.errors import MetadataWriteFailed
 from ..metadata.image import BROKER_RESOURCE, TOPIC_RESOURCE
 from . import handles
 
@@ -318,14 +320,19 @@ async def describe_configs(broker, header, body):
 
 
 def _list_op(current: str | None, op: int, value: str) -> str:
+    # Sets for membership: a value may list tens of thousands of items, and a
+    # list scan per item would be quadratic on the trio thread.
     items = [x.strip() for x in (current or "").split(",") if x.strip()]
-    for v in (x.strip() for x in value.split(",")):
-        if not v:
-            continue
-        if op == OP_APPEND and v not in items:
-            items.append(v)
-        elif op == OP_SUBTRACT:
-            items = [x for x in items if x != v]
+    given = [v for v in (x.strip() for x in value.split(",")) if v]
+    if op == OP_APPEND:
+        present = set(items)
+        for v in given:
+            if v not in present:
+                items.append(v)
+                present.add(v)
+    elif op == OP_SUBTRACT:
+        drop = set(given)
+        items = [x for x in items if x not in drop]
     return ",".join(items)
 
 
@@ -423,11 +430,15 @@ def plan_broker(broker, name: str, configs, *, incremental: bool) -> list:
     _check_request_configs(configs, incremental=incremental)
     current = dict(broker.image.broker_configs(scope))
 
+    rows = None
+
     def default_of(key):
-        d = BROKER_CONFIGS.get(key)
-        if d is None:
+        nonlocal rows
+        if key not in BROKER_CONFIGS:
             return None
-        row = next((r for r in broker.config.items() if r.name == key), None)
+        if rows is None:  # built once: a request may APPEND to many keys
+            rows = _broker_rows(broker)
+        row = rows.get(key)
         return row.value if row else None
 
     if incremental:
@@ -514,9 +525,12 @@ async def _alter(broker, body, *, incremental: bool):
     responses = []
     records = []
     logger_changes = []
-    keys = [(r.resource_type, r.resource_name) for r in body.resources]
-    dupes = {k for k in keys if keys.count(k) > 1}
+    keys = Counter((r.resource_type, r.resource_name) for r in body.resources)
+    dupes = {k for k, n in keys.items() if n > 1}
+    too_many = False
     for res in body.resources:
+        if too_many:
+            break
         entry = {"error_code": ErrorCode.NONE, "error_message": None,
                  "resource_type": res.resource_type, "resource_name": res.resource_name}
         try:
@@ -538,8 +552,22 @@ async def _alter(broker, body, *, incremental: bool):
         except ResourceError as e:
             entry.update(error_code=e.code, error_message=e.message)
         responses.append(entry)
+        # Kafka's bounded record list: the operation fails as a whole once it
+        # would write more than MAX_RECORDS_PER_USER_OP records.
+        too_many = len(records) > MAX_RECORDS_PER_USER_OP
+    if too_many:
+        return {"throttle_time_ms": 0, "responses": [
+            {"error_code": ErrorCode.POLICY_VIOLATION, "error_message": TOO_MANY_RECORDS,
+             "resource_type": r.resource_type, "resource_name": r.resource_name}
+            for r in body.resources
+        ]}
     if not body.validate_only:
-        await broker.submit(records)
+        try:
+            await broker.submit(records)
+        except MetadataWriteFailed as e:
+            for entry in responses:
+                if entry["error_code"] == ErrorCode.NONE and entry["resource_type"] != BROKER_LOGGER_RESOURCE:
+                    entry.update(error_code=ErrorCode.KAFKA_STORAGE_ERROR, error_message=str(e))
         _apply_logger_changes(logger_changes)
     return {"throttle_time_ms": 0, "responses": responses}
 

@@ -1,9 +1,19 @@
-"""CreateTopics, DeleteTopics, CreatePartitions: admin requests decided by the controller."""
+"""CreateTopics, DeleteTopics, CreatePartitions: admin requests decided by the controller.
+
+Each request is one controller operation: Kafka's limit of 10,000 metadata
+records per operation applies to the request as a whole, and a request over
+it is refused for every topic with POLICY_VIOLATION (also with
+``validate_only``).  Every per-request loop here is linear in the request:
+a request may legally name tens of thousands of topics.
+"""
 
 import uuid
+from collections import Counter
 
 from protocol import ApiKey, ErrorCode
 
+from ..controller.controller import MAX_RECORDS_PER_USER_OP, TOO_MANY_RECORDS
+from ..metadata.errors import MetadataWriteFailed
 from . import handles
 
 ZERO_UUID = uuid.UUID(int=0)
@@ -12,13 +22,13 @@ ZERO_UUID = uuid.UUID(int=0)
 @handles(ApiKey.CREATE_TOPICS)
 async def create_topics(broker, header, body):
     names = [t.name for t in body.topics]
-    dupes = {n for n in names if names.count(n) > 1}
+    dupes = {n for n, k in Counter(names).items() if k > 1}
     specs = [
         {
             "name": t.name,
             "num_partitions": t.num_partitions,
             "replication_factor": t.replication_factor,
-            "assignments": {a.partition_index: list(a.broker_ids) for a in t.assignments} or None,
+            "assignments": [(a.partition_index, list(a.broker_ids)) for a in t.assignments] or None,
             "configs": {c.name: c.value for c in t.configs},
         }
         for t in body.topics
@@ -76,13 +86,22 @@ async def delete_topics(broker, header, body):
         removing.add(rid)
         records.extend(recs)
         responses.append({"name": rname, "topic_id": rid or ZERO_UUID, "error_code": code, "error_message": msg})
-    await broker.submit(records)
+    if len(records) > MAX_RECORDS_PER_USER_OP:
+        # The controller operation fails as a whole, so every topic reports it.
+        for r in responses:
+            r["error_code"], r["error_message"] = ErrorCode.POLICY_VIOLATION, TOO_MANY_RECORDS
+        return {"throttle_time_ms": 0, "responses": responses}
+    try:
+        await broker.submit(records)
+    except MetadataWriteFailed as e:
+        _storage_error(responses, e)
     return {"throttle_time_ms": 0, "responses": responses}
 
 
 @handles(ApiKey.CREATE_PARTITIONS)
 async def create_partitions(broker, header, body):
-    results, records = [], []
+    results: list[dict | None] = []
+    wanted, where = [], []
     seen = set()
     for t in body.topics:
         if t.name in seen:
@@ -90,10 +109,22 @@ async def create_partitions(broker, header, body):
             continue
         seen.add(t.name)
         assignments = [list(a.broker_ids) for a in t.assignments] if t.assignments is not None else None
-        recs, code, msg = broker.controller.create_partitions(t.name, t.count, assignments)
-        if code == ErrorCode.NONE:
-            records.extend(recs)
-        results.append({"name": t.name, "error_code": code, "error_message": msg})
+        where.append(len(results))
+        results.append(None)
+        wanted.append((t.name, t.count, assignments))
+    records, outcomes = broker.controller.create_partitions(wanted)
+    for i, (name, _count, _a), (code, msg) in zip(where, wanted, outcomes):
+        results[i] = {"name": name, "error_code": code, "error_message": msg}
     if not body.validate_only:
-        await broker.submit(records)
+        try:
+            await broker.submit(records)
+        except MetadataWriteFailed as e:
+            _storage_error(results, e)
     return {"throttle_time_ms": 0, "results": results}
+
+
+def _storage_error(entries: list[dict], e: Exception) -> None:
+    """Nothing was applied: what would have succeeded reports the storage error."""
+    for r in entries:
+        if r["error_code"] == ErrorCode.NONE:
+            r["error_code"], r["error_message"] = ErrorCode.KAFKA_STORAGE_ERROR, str(e)

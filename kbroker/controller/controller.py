@@ -17,10 +17,22 @@ from dataclasses import dataclass, field
 from protocol import ErrorCode
 
 from ..metadata.image import BROKER_RESOURCE, TOPIC_RESOURCE, MetadataImage
+from ..metadata.image import collision_key as _collision_key
 
 Record = tuple  # (schema name, body dict)
 
 MAX_TOPIC_NAME = 249
+
+# Kafka's QuorumController refuses any user operation that would write more
+# than this many metadata records (MAX_RECORDS_PER_USER_OP = the largest batch
+# it writes): one request must not be able to hold the controller, the
+# metadata log and every broker's image hostage.  CreateTopics and
+# CreatePartitions also refuse more new partitions than this before building
+# a single record, so a 1,000,000-partition request costs a sum, not a plan.
+MAX_RECORDS_PER_USER_OP = 10_000
+MAX_PARTITIONS_PER_BATCH = 10_000
+TOO_MANY_PARTITIONS = "Excessively large number of partitions per request."
+TOO_MANY_RECORDS = "Unable to perform excessively large batch operation."
 _LEGAL = re.compile(r"^[a-zA-Z0-9._-]+$")
 
 
@@ -40,11 +52,6 @@ def topic_name_error(name: str) -> str | None:
     return None
 
 
-def _collision_key(name: str) -> str:
-    # '.' and '_' collide in metric names, so Kafka refuses topics differing only by them.
-    return name.replace(".", "_")
-
-
 @dataclass
 class TopicResult:
     name: str
@@ -54,6 +61,18 @@ class TopicResult:
     num_partitions: int = -1
     replication_factor: int = -1
     configs: dict = field(default_factory=dict)
+
+
+def requested_partitions(spec: dict, default_partitions: int) -> int:
+    """The partitions one CreateTopics entry asks for (Kafka's upper-bound count:
+    invalid counts add nothing, -1 means the default)."""
+    assignments = spec.get("assignments")
+    if assignments:
+        return len(assignments)
+    n = spec.get("num_partitions", -1)
+    if n == -1:
+        return default_partitions
+    return n if n > 0 else 0
 
 
 class Controller:
@@ -89,11 +108,16 @@ class Controller:
         name: str,
         num_partitions: int = -1,
         replication_factor: int = -1,
-        assignments: dict[int, list[int]] | None = None,
+        assignments: list[tuple[int, list[int]]] | dict[int, list[int]] | None = None,
         configs: dict[str, str | None] | None = None,
         pending: set[str] | None = None,
+        pending_keys: dict[str, str] | None = None,
     ) -> tuple[list[Record], TopicResult]:
-        """Records creating one topic, or an error result and no records."""
+        """Records creating one topic, or an error result and no records.
+
+        ``pending`` / ``pending_keys`` are the names (and their collision keys)
+        of topics created earlier in the same request, so that one request
+        cannot create a topic twice or two colliding topics."""
         res = TopicResult(name)
 
         def fail(code, msg):
@@ -105,41 +129,51 @@ class Controller:
             return fail(ErrorCode.INVALID_TOPIC_EXCEPTION, err)
         if name in self.image.topics or (pending and name in pending):
             return fail(ErrorCode.TOPIC_ALREADY_EXISTS, f"Topic '{name}' already exists.")
-        key = _collision_key(name)
-        for other in self.image.topics:
-            if _collision_key(other) == key:
-                return fail(
-                    ErrorCode.INVALID_TOPIC_EXCEPTION,
-                    f"Topic '{name}' collides with existing topic: {other}",
-                )
+        # An index lookup, not a scan of every topic: a request naming
+        # thousands of topics on a cluster with thousands must stay linear.
+        other = self.image.colliding_topic(name) or (pending_keys or {}).get(_collision_key(name))
+        if other is not None:
+            return fail(
+                ErrorCode.INVALID_TOPIC_EXCEPTION,
+                f"Topic '{name}' collides with existing topic: {other}",
+            )
         live = sorted(b.broker_id for b in self.image.live_brokers())
         if assignments:
-            if num_partitions != -1 or replication_factor != -1:
+            if replication_factor != -1:
                 return fail(
                     ErrorCode.INVALID_REQUEST,
-                    "Both numPartitions or replicationFactor and replicasAssignments were set. "
-                    "Both cannot be used at the same time.",
+                    "A manual partition assignment was specified, but replication factor was not set to -1.",
                 )
-            parts = sorted(assignments)
-            if parts != list(range(len(parts))):
-                return fail(ErrorCode.INVALID_REPLICA_ASSIGNMENT, "Partitions must be numbered from 0 without gaps.")
-            sizes = {len(r) for r in assignments.values()}
-            if len(sizes) != 1 or 0 in sizes:
+            if num_partitions != -1:
                 return fail(
-                    ErrorCode.INVALID_REPLICA_ASSIGNMENT,
-                    "All partitions must have the same, non-zero number of replicas.",
+                    ErrorCode.INVALID_REQUEST,
+                    "A manual partition assignment was specified, but numPartitions was not set to -1.",
                 )
-            for p, replicas in assignments.items():
-                if len(set(replicas)) != len(replicas):
-                    return fail(ErrorCode.INVALID_REPLICA_ASSIGNMENT, f"Duplicate brokers in the assignment of partition {p}.")
-                unknown = [r for r in replicas if r not in self.image.brokers]
-                if unknown:
+            # A list of (partition, replicas) pairs as the request carries them:
+            # a dict would silently keep the last of two entries for one partition.
+            by_partition: dict[int, list[int]] = {}
+            for p, replicas in assignments.items() if isinstance(assignments, dict) else assignments:
+                if p in by_partition:
                     return fail(
                         ErrorCode.INVALID_REPLICA_ASSIGNMENT,
-                        f"The manual partition assignment includes broker {unknown[0]}, but no broker with that id is registered.",
+                        f"Found multiple manual partition assignments for partition {p}",
                     )
+                by_partition[p] = list(replicas)
+            assignments = by_partition
+            parts = sorted(assignments)
+            if parts != list(range(len(parts))):
+                return fail(
+                    ErrorCode.INVALID_REPLICA_ASSIGNMENT,
+                    "partitions should be a consecutive 0-based integer sequence",
+                )
+            rf = None
+            for p in parts:
+                err = self.assignment_error(assignments[p], rf)
+                if err:
+                    return fail(ErrorCode.INVALID_REPLICA_ASSIGNMENT, err)
+                rf = len(assignments[p])
             plan = {p: list(r) for p, r in assignments.items()}
-            replication_factor = sizes.pop()
+            replication_factor = rf
         else:
             if num_partitions == -1:
                 num_partitions = self.defaults["num.partitions"]
@@ -176,16 +210,35 @@ class Controller:
         topic_id = uuid.uuid4()
         records: list[Record] = [("TopicRecord", {"name": name, "topic_id": topic_id})]
         records += cfg_records
+        live_set = set(live)
         for p, replicas in sorted(plan.items()):
-            records.append(self._partition_record(topic_id, p, replicas))
+            records.append(self._partition_record(topic_id, p, replicas, live_set))
         res.topic_id = topic_id
         res.num_partitions = len(plan)
         res.replication_factor = replication_factor
         res.configs = final_configs
         return records, res
 
-    def _partition_record(self, topic_id, p: int, replicas: list[int]) -> Record:
-        live = {b.broker_id for b in self.image.live_brokers()}
+    def assignment_error(self, replicas: list[int], rf: int | None) -> str | None:
+        """Why a manual replica list is refused (Kafka's INVALID_REPLICA_ASSIGNMENT
+        messages), or None.  ``rf`` is the replica count the other partitions have."""
+        if not replicas:
+            return "The manual partition assignment includes an empty replica list."
+        prev = None
+        for b in sorted(replicas):
+            if b not in self.image.brokers:
+                return f"The manual partition assignment includes broker {b}, but no such broker is registered."
+            if b == prev:
+                return f"The manual partition assignment includes the broker {b} more than once."
+            prev = b
+        if rf is not None and len(replicas) != rf:
+            return (
+                f"The manual partition assignment includes a partition with {len(replicas)} replica(s), "
+                f"but this is not consistent with previous partitions, which have {rf} replica(s)."
+            )
+        return None
+
+    def _partition_record(self, topic_id, p: int, replicas: list[int], live: set[int]) -> Record:
         isr = [r for r in replicas if r in live] or list(replicas)
         leader = isr[0] if isr and isr[0] in live else -1
         return (
@@ -203,6 +256,37 @@ class Controller:
             },
         )
 
+    def create_topics(self, specs: list[dict]) -> tuple[list[Record], list[TopicResult]]:
+        """Records and per-topic results for one CreateTopics request (or a
+        Metadata request's auto-creation), all or nothing with respect to the
+        record cap.
+
+        Kafka counts the partitions asked for before deciding anything and
+        refuses the whole request above :data:`MAX_PARTITIONS_PER_BATCH`;
+        then the records of every valid topic must fit in
+        :data:`MAX_RECORDS_PER_USER_OP` (configs count too), else the whole
+        request is refused.  Both answer POLICY_VIOLATION for every topic.
+        ``validate_only`` gets the same answer: the caller just does not
+        submit the records.
+        """
+        default = self.defaults["num.partitions"]
+        if sum(requested_partitions(s, default) for s in specs) > MAX_PARTITIONS_PER_BATCH:
+            return [], [TopicResult(s["name"], ErrorCode.POLICY_VIOLATION, TOO_MANY_PARTITIONS) for s in specs]
+        records: list[Record] = []
+        results: list[TopicResult] = []
+        pending: set[str] = set()
+        pending_keys: dict[str, str] = {}
+        for spec in specs:
+            recs, res = self.create_topic(pending=pending, pending_keys=pending_keys, **spec)
+            results.append(res)
+            if res.error == ErrorCode.NONE:
+                pending.add(res.name)
+                pending_keys.setdefault(_collision_key(res.name), res.name)
+                records.extend(recs)
+                if len(records) > MAX_RECORDS_PER_USER_OP:
+                    return [], [TopicResult(s["name"], ErrorCode.POLICY_VIOLATION, TOO_MANY_RECORDS) for s in specs]
+        return records, results
+
     def delete_topic(self, name: str | None = None, topic_id: uuid.UUID | None = None):
         """(records, error code, message, name, topic id) for deleting one topic."""
         t = self.image.topics.get(name) if name is not None else self.image.topics_by_id.get(topic_id)
@@ -212,38 +296,66 @@ class Controller:
             return [], ErrorCode.UNKNOWN_TOPIC_OR_PARTITION, "This server does not host this topic-partition.", name, uuid.UUID(int=0)
         return [("RemoveTopicRecord", {"topic_id": t.topic_id})], ErrorCode.NONE, None, t.name, t.topic_id
 
-    def create_partitions(self, name: str, count: int, assignments: list[list[int]] | None, pending=None):
-        """(records, error code, message) for growing a topic to ``count`` partitions."""
+    def create_partitions(self, requests: list[tuple[str, int, list[list[int]] | None]]):
+        """(records, [(error code, message)]) for growing topics: ``requests``
+        holds ``(name, new total count, assignments or None)``.
+
+        Every topic is validated first and the new partitions are counted;
+        above :data:`MAX_RECORDS_PER_USER_OP` the whole request is refused
+        (POLICY_VIOLATION, as Kafka's bounded record list does) before one
+        record is built -- a count of 2^31-1 costs a subtraction, not a plan.
+        """
+        planned = []  # (index, topic, current, count, assignments)
+        results: list[tuple[ErrorCode, str | None]] = []
+        total = 0
+        for i, (name, count, assignments) in enumerate(requests):
+            code, msg, t = self._check_create_partitions(name, count, assignments)
+            results.append((code, msg))
+            if code == ErrorCode.NONE:
+                total += count - len(t.partitions)
+                planned.append((t, count, assignments))
+        if total > MAX_RECORDS_PER_USER_OP:
+            return [], [(ErrorCode.POLICY_VIOLATION, TOO_MANY_RECORDS)] * len(requests)
+        live = sorted(b.broker_id for b in self.image.live_brokers())
+        live_set = set(live)
+        records: list[Record] = []
+        for t, count, assignments in planned:
+            current = len(t.partitions)
+            rf = len(t.partitions[0].replicas) if t.partitions else 1
+            for i, p in enumerate(range(current, count)):
+                replicas = list(assignments[i]) if assignments is not None else [live[(p + k) % len(live)] for k in range(rf)]
+                records.append(self._partition_record(t.topic_id, p, replicas, live_set))
+        return records, results
+
+    def _check_create_partitions(self, name: str, count: int, assignments):
         t = self.image.topics.get(name)
         if t is None:
-            return [], ErrorCode.UNKNOWN_TOPIC_OR_PARTITION, f"The topic '{name}' does not exist."
+            return ErrorCode.UNKNOWN_TOPIC_OR_PARTITION, f"The topic '{name}' does not exist.", None
         current = len(t.partitions)
         if count < current:
-            return [], ErrorCode.INVALID_PARTITIONS, (
+            return ErrorCode.INVALID_PARTITIONS, (
                 f"The topic {name} currently has {current} partition(s); {count} would not be an increase."
-            )
+            ), t
         if count == current:
-            return [], ErrorCode.INVALID_PARTITIONS, f"Topic already has {current} partition(s)."
+            return ErrorCode.INVALID_PARTITIONS, f"Topic already has {current} partition(s).", t
         rf = len(t.partitions[0].replicas) if t.partitions else 1
-        live = sorted(b.broker_id for b in self.image.live_brokers())
         if assignments is not None:
             if len(assignments) != count - current:
-                return [], ErrorCode.INVALID_REPLICA_ASSIGNMENT, (
+                return ErrorCode.INVALID_REPLICA_ASSIGNMENT, (
                     f"Attempted to add {count - current} additional partition(s), but only "
                     f"{len(assignments)} assignment(s) were specified."
-                )
+                ), t
             for a in assignments:
-                if any(r not in self.image.brokers for r in a):
-                    return [], ErrorCode.INVALID_REPLICA_ASSIGNMENT, "The assignment names an unregistered broker."
-        elif rf > len(live):
-            return [], ErrorCode.INVALID_REPLICATION_FACTOR, (
-                f"Unable to replicate the partition {rf} time(s): only {len(live)} broker(s) are registered."
-            )
-        records = []
-        for i, p in enumerate(range(current, count)):
-            replicas = list(assignments[i]) if assignments is not None else [live[(p + k) % len(live)] for k in range(rf)]
-            records.append(self._partition_record(t.topic_id, p, replicas))
-        return records, ErrorCode.NONE, None
+                err = self.assignment_error(a, rf)
+                if err:
+                    return ErrorCode.INVALID_REPLICA_ASSIGNMENT, err, t
+        else:
+            live = sum(1 for _ in self.image.live_brokers())
+            if rf > live:
+                return ErrorCode.INVALID_REPLICATION_FACTOR, (
+                    f"Unable to replicate the partition {rf} time(s): only {live} broker(s) are registered."
+                ), t
+        return ErrorCode.NONE, None, t
 
     # -- configs ---------------------------------------------------------------
     def config_records(self, resource_type: int, resource_name: str, changes: dict[str, str | None]) -> list[Record]:
@@ -264,4 +376,12 @@ class Controller:
         ], first
 
 
-__all__ = ["Controller", "TopicResult", "topic_name_error", "TOPIC_RESOURCE", "BROKER_RESOURCE"]
+__all__ = [
+    "Controller",
+    "TopicResult",
+    "topic_name_error",
+    "MAX_RECORDS_PER_USER_OP",
+    "TOO_MANY_RECORDS",
+    "TOPIC_RESOURCE",
+    "BROKER_RESOURCE",
+]

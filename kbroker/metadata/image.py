@@ -22,6 +22,12 @@ TOPIC_RESOURCE = 2
 BROKER_RESOURCE = 4
 
 
+def collision_key(name: str) -> str:
+    """Topics whose names differ only by '.' vs '_' collide in metric names, so
+    Kafka refuses to create the second one; this key identifies the clash."""
+    return name.replace(".", "_")
+
+
 @dataclass
 class Endpoint:
     name: str
@@ -70,6 +76,9 @@ class MetadataImage:
         self.brokers: dict[int, BrokerImage] = {}
         self.topics: dict[str, TopicImage] = {}
         self.topics_by_id: dict[uuid.UUID, TopicImage] = {}
+        # collision key -> a topic name with that key; kept so that creating a
+        # topic is a lookup, not a scan of every topic name.
+        self._collision_keys: dict[str, str] = {}
         # (resource type, resource name) -> {config name: value}
         self.configs: dict[tuple[int, str], dict[str, str]] = {}
         self.features: dict[str, int] = {}
@@ -84,6 +93,10 @@ class MetadataImage:
 
     def broker_configs(self, broker_id: int | str = "") -> dict[str, str]:
         return self.configs.get((BROKER_RESOURCE, str(broker_id)), {})
+
+    def colliding_topic(self, name: str) -> str | None:
+        """An existing topic whose name collides with ``name`` (see :func:`collision_key`)."""
+        return self._collision_keys.get(collision_key(name))
 
     def live_brokers(self) -> list[BrokerImage]:
         return [b for b in self.brokers.values() if not b.fenced]
@@ -124,6 +137,7 @@ class MetadataImage:
         t = TopicImage(r.name, r.topic_id)
         self.topics[r.name] = t
         self.topics_by_id[r.topic_id] = t
+        self._collision_keys.setdefault(collision_key(r.name), r.name)
 
     def _apply_PartitionRecord(self, r) -> None:
         t = self.topics_by_id.get(r.topic_id)
@@ -153,6 +167,10 @@ class MetadataImage:
         if t is not None:
             self.topics.pop(t.name, None)
             self.configs.pop((TOPIC_RESOURCE, t.name), None)
+            # The controller never lets two topics share a key, so the key is free again.
+            key = collision_key(t.name)
+            if self._collision_keys.get(key) == t.name:
+                del self._collision_keys[key]
 
     def _apply_ConfigRecord(self, r) -> None:
         key = (r.resource_type, r.resource_name)
