@@ -99,3 +99,68 @@ def test_main_config_error_from_server(monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "kbroker.server", fake)
     assert cli.main([]) == 2
     assert "kbroker: cluster.id" in capsys.readouterr().err
+
+
+def _error_lines(stderr: str) -> list[str]:
+    """stderr without the log lines (they carry a timestamp and a level)."""
+    import re
+
+    return [ln for ln in stderr.splitlines() if ln and not re.match(r"\d{4}-\d\d-\d\d ", ln)]
+
+
+def test_start_failure_is_one_line_not_an_exception_group(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    r = run_kbroker("--override", f"log.dirs={blocker}/data", "--override", "listeners=PLAINTEXT://127.0.0.1:0")
+    assert r.returncode == 1
+    lines = _error_lines(r.stderr)
+    assert lines == [f"kbroker: [Errno 20] Not a directory: '{blocker}/data'"], r.stderr
+
+
+def test_meta_properties_of_another_node_is_a_configuration_error(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "meta.properties").write_text("version=1\nnode.id=7\ncluster.id=abc\n")
+    r = run_kbroker("--override", f"log.dirs={data}", "--override", "listeners=PLAINTEXT://127.0.0.1:0")
+    assert r.returncode == 2
+    assert _error_lines(r.stderr) == [
+        f"kbroker: node.id: {data}/meta.properties belongs to node.id 7, but this broker is node.id 1"
+    ], r.stderr
+
+
+def test_failure_inside_nested_groups_is_reported_by_its_cause(monkeypatch, capsys):
+    import trio
+
+    from kbroker.metadata.errors import MetadataLogFatal
+
+    def run(config):
+        async def main():
+            async with trio.open_nursery() as outer:
+                async with trio.open_nursery() as inner:
+                    inner.start_soon(trio.sleep_forever)
+                    outer.start_soon(trio.sleep_forever)
+
+                    async def fail():
+                        raise MetadataLogFatal("metadata log write failed and could not be rolled back")
+
+                    inner.start_soon(fail)
+
+        trio.run(main)
+
+    fake = types.ModuleType("kbroker.server")
+    fake.run = run
+    monkeypatch.setitem(sys.modules, "kbroker.server", fake)
+    assert cli.main([]) == 1
+    err = capsys.readouterr().err
+    assert _error_lines(err) == ["kbroker: metadata log write failed and could not be rolled back"], err
+
+
+def test_keyboard_interrupt_exits_130(monkeypatch):
+    fake = types.ModuleType("kbroker.server")
+
+    def run(config):
+        raise BaseExceptionGroup("", [KeyboardInterrupt()])
+
+    fake.run = run
+    monkeypatch.setitem(sys.modules, "kbroker.server", fake)
+    assert cli.main([]) == 130
