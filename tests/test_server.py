@@ -127,7 +127,10 @@ async def test_drain_answers_what_was_read_then_closes(broker):
         "topics": [{"topic": "drain", "partitions": [{"partition": 0, "fetch_offset": 0, "partition_max_bytes": 1024}]}],
     }
     corr = await c.send(ApiKey.FETCH, 11, fetch)
-    await trio.sleep(0.1)  # the fetch is parked in its long poll
+    part = broker.partition("drain", 0)
+    with trio.fail_after(10):
+        while not part._waiters:  # the fetch is parked in its long poll
+            await trio.sleep(0.01)
     with trio.fail_after(5):
         await broker.server.drain()
     got, resp = decode_response(ApiKey.FETCH, 11, await c.receive_frame())
