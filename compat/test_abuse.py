@@ -717,6 +717,240 @@ def test_small_compressed_batch_of_a_million_records(target):
             case.note(list_offsets_s=round(time.monotonic() - t0, 2))
 
 
+# -- 6. disk full ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """An 8 MB tmpfs (root only); unmounted after the test's brokers are stopped
+    (request it before start_broker)."""
+    path = tmp_path / "small-disk"
+    path.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(path)], capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs: {r.stderr.strip()}")
+    yield path
+    if subprocess.run(["umount", str(path)], capture_output=True).returncode != 0:
+        subprocess.run(["umount", "-l", str(path)], capture_output=True)
+
+
+def _idempotent_producer(bootstrap: str):
+    from confluent_kafka import Producer
+
+    return Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "acks": "all",
+                     "linger.ms": 5, "message.timeout.ms": 6000, "retry.backoff.ms": 100,
+                     "socket.timeout.ms": 5000, "reconnect.backoff.ms": 50, "reconnect.backoff.max.ms": 500})
+
+
+def _produce_all(producer, topic: str, values: list[bytes], timeout: float = 40.0) -> tuple[dict, list]:
+    """Produce every value; ({value: (partition, offset)} acknowledged, [errors])."""
+    acked: dict[bytes, tuple[int, int]] = {}
+    failed: list[str] = []
+
+    def report(err, msg):
+        if err is None:
+            acked[msg.value()] = (msg.partition(), msg.offset())
+        else:
+            failed.append(str(err))
+
+    for v in values:
+        while True:
+            try:
+                producer.produce(topic, value=v, partition=0, on_delivery=report)
+                break
+            except BufferError:
+                producer.poll(0.05)
+        producer.poll(0)
+    left = producer.flush(timeout)
+    assert left == 0, f"{left} messages still undecided after {timeout}s"
+    return acked, failed
+
+
+def _check_records(broker, topic: str, acked: dict[bytes, tuple[int, int]]) -> tuple[int, int]:
+    """(lost, high watermark): every acknowledged value must be at its offset."""
+    got, hw, _ = abuse.read_partition(broker.host, broker.port, topic)
+    lost = [(v[:12], off) for v, (_, off) in acked.items() if off not in got or got[off].value != v]
+    return len(lost), hw
+
+
+class _Workload:
+    """Produce in chunks with an idempotent acks=all producer, committing an offset
+    after each chunk, until a chunk has failures (the resource ran out); then a few
+    more commits and CreateTopics on the exhausted broker.  Remembers what was
+    acknowledged, what was refused, and what has an unknown outcome."""
+
+    def __init__(self, broker, topic: str, group: str):
+        self.broker, self.topic, self.group = broker, topic, group
+        self.producer = _idempotent_producer(broker.bootstrap)
+        self.admin = kraw.connect(broker.host, broker.port, WAIT)
+        abuse.commit_until_ready(self.admin, group, topic, {0: 0})
+        self.acked: dict[bytes, tuple[int, int]] = {}
+        self.failed: list[str] = []
+        self.commits_ok, self.commits_tried = [0], [0]
+        self.created: dict[str, int] = {}
+        self.admin_closed = False
+
+    def produce(self, values: list[bytes]) -> list[str]:
+        acked, failed = _produce_all(self.producer, self.topic, values)
+        self.acked.update(acked)
+        self.failed += failed
+        return failed
+
+    def commit(self, offset: int, meta: str = "") -> None:
+        if self.admin_closed:
+            return
+        self.commits_tried.append(offset)
+        try:
+            errs = abuse.commit(self.admin, self.group, self.topic, {0: offset}, meta, correlation_id=offset + 10)
+        except (ConnectionError, OSError):
+            self.admin_closed = True  # closed by the broker: the outcome of this one is unknown
+            return
+        if errs == {0: 0}:
+            self.commits_ok.append(offset)
+
+    def create(self, name: str, partitions: int = 2) -> None:
+        if self.admin_closed:
+            self.created[name] = -1
+            return
+        try:
+            self.created[name] = abuse.create_topics(self.admin, [abuse.creatable(name, partitions)],
+                                                     timeout_ms=5000)[name][0]
+        except (ConnectionError, OSError):
+            self.admin_closed = True
+            self.created[name] = -1  # unknown outcome
+
+    def run(self, chunks: int, chunk_size: int, value_size: int, meta: str, topics: int, exhaust=None) -> None:
+        """``exhaust()``: called once the first chunk failed, to use up what is left."""
+        n = 0
+        for c in range(chunks):
+            failed = self.produce([b"%06d-" % (n + i) + b"v" * value_size for i in range(chunk_size)])
+            n += chunk_size
+            self.commit(c + 1, meta)
+            if failed:
+                break
+        if exhaust is not None:
+            exhaust()
+        for k in range(5):
+            self.commit(1000 + k, meta)
+        for _ in range(topics):
+            self.create(unique_name("exhausted"))
+
+    def note(self, case) -> None:
+        case.note(acked_records=len(self.acked), failed_records=len(self.failed),
+                  commits_acked=len(self.commits_ok) - 1, commits_tried=len(self.commits_tried) - 1,
+                  topics_created=sum(1 for e in self.created.values() if e == 0),
+                  topics_refused=sum(1 for e in self.created.values() if e > 0))
+
+    def close(self) -> None:
+        self.admin.close()
+
+
+def _verify_after_restart(broker, case, w: "_Workload"):
+    """Everything acknowledged before the restart is there; nothing refused appeared."""
+    topic, acked, group, created = w.topic, w.acked, w.group, w.created
+    commits_ok, commits_tried = w.commits_ok, w.commits_tried
+    lost, hw = _check_records(broker, topic, acked)
+    case.acked += len(acked) + len(commits_ok) + sum(1 for e in created.values() if e == 0)
+    case.lost += lost
+    with kraw.connect(broker.host, broker.port, WAIT) as s:
+        if commits_ok:
+            got = abuse.committed(s, group, topic, [0])[0]
+            case.note(last_acked_commit=commits_ok[-1], committed_after_restart=got)
+            if got < commits_ok[-1] or got not in commits_tried:
+                case.lost += 1
+        names = abuse.topic_names(broker.host, broker.port)
+        for n, err in created.items():
+            if err == 0 and n not in names:
+                case.lost += 1
+                case.note(**{f"lost_topic_{n}": True})
+            elif err not in (0, -1):
+                assert n not in names, f"CreateTopics {n} was refused ({err}) but the topic exists after a restart"
+        # offsets are never reused: a new record lands after everything acknowledged
+        top = max((off for _, off in acked.values()), default=-1)
+        err, base = abuse.produce(s, topic, 0, abuse.batch([b"after-restart"]))
+        assert err == 0 and base >= max(top + 1, hw), f"new record at {base} ({err}); acknowledged up to {top}"
+    return lost
+
+
+def test_disk_full(small_disk, start_broker):
+    """log.dirs on an 8 MB tmpfs with a 3 MB filler file on it.  An idempotent acks=all
+    producer writes 200 KB chunks until the disk is full, committing an offset after
+    each chunk; then commits and CreateTopics are tried on the full disk.  The broker
+    answers errors and keeps serving; after the filler is deleted and the broker
+    restarted, every acknowledged record is at its offset, the committed offset is
+    the last acknowledged one (or a later attempt), acknowledged topics exist and
+    refused ones do not, and a new record gets a new offset."""
+    b = start_broker(data_dir=small_disk / "data", offsets_topic_num_partitions=1)
+    topic = _fresh_topic(b, 1, {"segment.bytes": 1048576})
+    filler, top_up = small_disk / "filler", small_disk / "top-up"
+    filler.write_bytes(b"\0" * (3 << 20))
+
+    def fill_the_rest() -> None:
+        """The failed chunk may have left a few KB: take every last byte."""
+        with open(top_up, "wb", buffering=0) as f:
+            for size in (1 << 16, 4096, 512, 1):
+                try:
+                    while True:
+                        f.write(b"\0" * size)
+                except OSError:
+                    pass
+
+    with abuse_case("disk full: produce, commit, create topics", b) as case:
+        w = _Workload(b, topic, unique_name("g-disk"))
+        w.run(chunks=40, chunk_size=100, value_size=2000, meta="m" * 1000, topics=3, exhaust=fill_the_rest)
+        w.close()
+        w.note(case)
+        assert w.failed, "the disk never filled up: the test did not test anything"
+        assert b.alive(), "the broker died on a full disk"
+        with case.probe.paused():
+            filler.unlink()
+            top_up.unlink()
+            b.stop()
+            b.start()
+        _verify_after_restart(b, case, w)
+
+
+# -- 7. descriptor exhaustion ---------------------------------------------------------------
+
+
+def _prlimit_nofile(pid: int, soft: int, hard: int) -> None:
+    """Only the soft limit moves: raising a hard limit again needs CAP_SYS_RESOURCE."""
+    subprocess.run(["prlimit", f"--pid={pid}", f"--nofile={soft}:{hard}"], check=True, capture_output=True)
+
+
+def test_descriptor_exhaustion(start_broker):
+    """The broker's descriptor limit (soft) is cut to 20 above what it has open; an
+    idempotent producer makes segments roll (segment.ms=1, one batch per chunk) until
+    descriptors run out, committing after each chunk; then commits and CreateTopics.
+    The broker answers errors or closes connections and stays alive; after the limit
+    is raised and the broker restarted it starts, every acknowledged record and
+    commit is there, refused topics do not exist, and offsets are not reused."""
+    b = start_broker(offsets_topic_num_partitions=1)
+    topic = _fresh_topic(b, 1, {"segment.ms": 1})
+    with abuse_case("descriptor exhaustion: produce, commit, create topics", b) as case:
+        w = _Workload(b, topic, unique_name("g-fd"))
+        assert not w.produce([b"warm-up"])  # the producer's connections exist now
+        hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+        limit = abuse.open_fds(b.pid) + 20
+        _prlimit_nofile(b.pid, limit, hard)
+        try:
+            w.run(chunks=60, chunk_size=5, value_size=200, meta="", topics=8)
+            w.note(case)
+            case.note(fd_limit=limit)
+            assert w.failed or any(e != 0 for e in w.created.values()), \
+                "no operation hit the descriptor limit: the test did not test anything"
+            assert b.alive(), "the broker died when it ran out of descriptors"
+        finally:
+            if b.alive():
+                _prlimit_nofile(b.pid, hard, hard)
+            w.close()
+        assert abuse.answers(b.host, b.port), "no answer on a new connection after the limit was raised"
+        with case.probe.paused():
+            b.stop()
+            b.start()
+        _verify_after_restart(b, case, w)
+
+
 # -- 8. batch headers that lie ----------------------------------------------------------------
 
 
