@@ -21,7 +21,7 @@ Two things need the records themselves: the key check of compacted topics
 at produce time and a ListOffsets by timestamp that falls inside a batch.
 Their cost is set by the client (a 6 KB zstd batch may declare millions of
 records), so beyond a small size they run in a worker thread, a few at a
-time (:func:`_decode_limiter`).  The trio thread -- every other client --
+time (:mod:`kbroker.offload`).  The trio thread -- every other client --
 only ever pays for headers.  The batch still decodes fully somewhere, which
 is Kafka's own limit too.
 """
@@ -36,6 +36,7 @@ from protocol import ErrorCode, ProtocolError
 from protocol.compression import DEFAULT_MAX_DECOMPRESSED_SIZE
 from protocol.records import BATCH_HEADER_SIZE, Compression, decode_batch, iter_batches
 
+from . import offload
 from .log.config import LogConfig
 from .log.errors import InvalidProducerEpoch, LogError, OutOfOrderSequence
 from .log.partition_log import TimestampDecode
@@ -45,27 +46,13 @@ from .log.partition_log import TimestampDecode
 MIN_RECORD_SIZE = 7
 # Up to this many records a batch is decoded inline: cheaper than a thread hop.
 INLINE_DECODE_RECORDS = 256
-# Worker threads that may decode client batches at once: a few hostile
-# requests must not take every thread trio has.
-DECODE_THREADS = 2
-
-_decode_limiter_var: trio.lowlevel.RunVar = trio.lowlevel.RunVar("kbroker_record_decode_limiter")
-
-
-def _decode_limiter() -> trio.CapacityLimiter:
-    try:
-        return _decode_limiter_var.get()
-    except LookupError:
-        limiter = trio.CapacityLimiter(DECODE_THREADS)
-        _decode_limiter_var.set(limiter)
-        return limiter
 
 
 async def _run_bounded(fn, records_count: int, compressed: bool):
     """``fn()`` inline when the batch is small, else in a worker thread."""
     if records_count <= INLINE_DECODE_RECORDS and not compressed:
         return fn()
-    return await trio.to_thread.run_sync(fn, limiter=_decode_limiter())
+    return await offload.run(fn)
 
 
 class AppendResult(NamedTuple):

@@ -16,10 +16,10 @@ answers stalls only itself: its one answer sits in the send buffer, and
 ``connections.max.idle.ms`` (counted from the last byte that moved in either
 direction) closes it.
 
-Large frames are decoded in a worker thread (at most ``DECODE_THREADS`` at
-a time) and every decode has an element budget (:data:`MAX_REQUEST_ELEMENTS`),
-so a small hostile request cannot freeze everyone else on the trio thread
-or turn a few megabytes of wire bytes into gigabytes of Python objects.
+Large frames are decoded in a worker thread (:mod:`kbroker.offload`) and
+every decode has an element budget (:data:`MAX_REQUEST_ELEMENTS`), so a
+small hostile request cannot freeze everyone else on the trio thread or
+turn a few megabytes of wire bytes into gigabytes of Python objects.
 
 Every connection is a fault boundary.  A peer that resets (ECONNRESET), goes
 away while we write (EPIPE), or times out ends its own connection and is
@@ -53,7 +53,7 @@ from protocol import (
 )
 from protocol.codec import API_VERSIONS
 
-from . import apis
+from . import apis, offload
 from .broker import Broker
 from .config import Config
 
@@ -62,23 +62,12 @@ log = logging.getLogger("kbroker.server")
 READ_SIZE = 1 << 20
 SEND_SLICE = 256 * 1024  # idle time is measured per slice, so a slow reader that keeps reading is not idle
 DECODE_INLINE_MAX = 64 * 1024  # larger frames are decoded in a worker thread
-DECODE_THREADS = 2
 # Array elements one request may hold.  Decoding costs tens of microseconds
 # and a few hundred bytes per element, so this caps a decode at a few
 # seconds of one worker thread and tens of megabytes, while leaving room for
 # any real client: a consumer fetching or committing 100,000 partitions in
 # one request is far beyond what Kafka clients send.
 MAX_REQUEST_ELEMENTS = 100_000
-
-_decode_limiter: trio.CapacityLimiter | None = None
-
-
-def _limiter() -> trio.CapacityLimiter:
-    # Created lazily: a CapacityLimiter belongs to the trio run that made it.
-    global _decode_limiter
-    if _decode_limiter is None:
-        _decode_limiter = trio.CapacityLimiter(DECODE_THREADS)
-    return _decode_limiter
 
 
 class _Closed(Exception):
@@ -157,9 +146,7 @@ class Connection:
         try:
             if len(frame) <= DECODE_INLINE_MAX:
                 return decode_request(frame, max_elements=MAX_REQUEST_ELEMENTS)
-            return await trio.to_thread.run_sync(
-                lambda: decode_request(frame, max_elements=MAX_REQUEST_ELEMENTS), limiter=_limiter()
-            )
+            return await offload.run(lambda: decode_request(frame, max_elements=MAX_REQUEST_ELEMENTS))
         except UnsupportedVersion as e:
             if e.header.api_key == API_VERSIONS:
                 # Answer in the v0 layout so the client learns our range (KIP-511).
