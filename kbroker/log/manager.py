@@ -38,6 +38,7 @@ import os
 import shutil
 import time
 import uuid
+from collections import Counter
 from typing import Callable, Iterator
 
 import trio
@@ -80,6 +81,7 @@ class LogManager:
         self._topic_configs: dict[str, LogConfig] = {}
         self.producer_id_expiration_ms = producer_id_expiration_ms
         self.logs: dict[tuple[str, int], PartitionLog] = {}
+        self._logs_per_dir: Counter[str] = Counter()
         self.had_clean_shutdown: dict[str, bool] = {}
         self._pending_dir_deletions: list[str] = []
         # (topic, partition) -> high watermark; bounds retention and compaction
@@ -121,6 +123,7 @@ class LogManager:
                 log = PartitionLog.open(full, cfg, recover=not clean, now_ms=now)
                 log.on_storage_error = self._log_failed
                 self.logs[parsed] = log
+                self._logs_per_dir[d] += 1
             # from now on a crash must be detected: drop the marker
             if clean:
                 os.unlink(marker)
@@ -159,12 +162,9 @@ class LogManager:
         if log_dir is None:
             if not online:
                 raise KafkaStorageError("every log dir is offline")
-            counts = {d: 0 for d in online}
-            for log in self.logs.values():
-                parent = os.path.dirname(log.path)
-                if parent in counts:
-                    counts[parent] += 1
-            log_dir = min(online, key=lambda d: (counts[d], self.log_dirs.index(d)))
+            # Counted as logs come and go: a scan per create made creating
+            # thousands of partitions quadratic.
+            log_dir = min(online, key=lambda d: (self._logs_per_dir[d], self.log_dirs.index(d)))
         elif os.path.abspath(log_dir) in self.offline_dirs:
             raise KafkaStorageError(f"log dir {log_dir} is offline")
         path = os.path.join(log_dir, log_dir_name(topic, partition))
@@ -175,6 +175,7 @@ class LogManager:
             raise KafkaStorageError(f"{path}: create failed: {e}") from e
         log.on_storage_error = self._log_failed
         self.logs[(topic, partition)] = log
+        self._logs_per_dir[os.path.dirname(log.path)] += 1
         return log
 
     # ------------------------------------------------------------------ failed log dirs
@@ -212,6 +213,7 @@ class LogManager:
         log = self.logs.pop((topic, partition), None)
         if log is None:
             return False
+        self._logs_per_dir[os.path.dirname(log.path)] -= 1
         log.close_without_flush()
         target = f"{log.path}.{uuid.uuid4().hex}{DELETE_DIR_SUFFIX}"
         try:
