@@ -61,7 +61,7 @@ log = logging.getLogger("kbroker.server")
 
 READ_SIZE = 1 << 20
 SEND_SLICE = 256 * 1024  # idle time is measured per slice, so a slow reader that keeps reading is not idle
-DECODE_INLINE_MAX = 64 * 1024  # larger frames are decoded in a worker thread
+DECODE_INLINE_MAX = 64 * 1024  # larger frames are decoded, and answered, in a worker thread
 # Array elements one request may hold.  Decoding costs tens of microseconds
 # and a few hundred bytes per element, so this caps a decode at a few
 # seconds of one worker thread and tens of megabytes, while leaving room for
@@ -106,10 +106,12 @@ class Connection:
                 frame = await self._next_frame()
                 if frame is None:
                     return
-                header, body = await self._decode(frame)
+                large = len(frame) > DECODE_INLINE_MAX
+                header, body = await self._decode(frame, large)
+                del frame  # the body keeps only what it needs (record views)
                 response = await self._handle(header, body)
                 if response is not None:  # None: an acks=0 Produce gets no answer at all
-                    await self._send(response)
+                    await self._send(response, large)
         except _Closed:
             pass
         finally:
@@ -142,9 +144,9 @@ class Connection:
                 return None
             self.frames.feed(data)
 
-    async def _decode(self, frame):
+    async def _decode(self, frame, large: bool):
         try:
-            if len(frame) <= DECODE_INLINE_MAX:
+            if not large:
                 return decode_request(frame, max_elements=MAX_REQUEST_ELEMENTS)
             return await offload.run(lambda: decode_request(frame, max_elements=MAX_REQUEST_ELEMENTS))
         except UnsupportedVersion as e:
@@ -176,10 +178,18 @@ class Connection:
             raise _Closed from None
         return None if response is None else (header, response)
 
-    async def _send(self, answer) -> None:
+    async def _send(self, answer, large: bool) -> None:
+        """Encode and write an answer.  The answer to a large request (one
+        that named thousands of topics, say) is about as costly to encode as
+        the request was to decode, so it is encoded off the trio thread too;
+        Fetch answers, large in bytes but cheap to encode (records are sent
+        by reference), come from small requests and stay inline."""
         header, response = answer
         try:
-            chunks = encode_response(header, response, chunks=True)
+            if large:
+                chunks = await offload.run(lambda: encode_response(header, response, chunks=True))
+            else:
+                chunks = encode_response(header, response, chunks=True)
         except ProtocolError:
             log.exception("cannot encode the response to %s v%d", header.api_key, header.api_version)
             raise _Closed from None

@@ -63,16 +63,15 @@ class TopicResult:
     configs: dict = field(default_factory=dict)
 
 
-def requested_partitions(spec: dict, default_partitions: int) -> int:
-    """The partitions one CreateTopics entry asks for (Kafka's upper-bound count:
-    invalid counts add nothing, -1 means the default)."""
-    assignments = spec.get("assignments")
+def requested_partitions(num_partitions: int, assignments: int, default_partitions: int) -> int:
+    """The partitions one CreateTopics entry asks for, given its partition
+    count and how many manual assignments it lists (Kafka's upper-bound
+    count: invalid counts add nothing, -1 means the default)."""
     if assignments:
-        return len(assignments)
-    n = spec.get("num_partitions", -1)
-    if n == -1:
+        return assignments
+    if num_partitions == -1:
         return default_partitions
-    return n if n > 0 else 0
+    return max(num_partitions, 0)
 
 
 class Controller:
@@ -270,7 +269,9 @@ class Controller:
         submit the records.
         """
         default = self.defaults["num.partitions"]
-        if sum(requested_partitions(s, default) for s in specs) > MAX_PARTITIONS_PER_BATCH:
+        asked = (requested_partitions(s.get("num_partitions", -1), len(s.get("assignments") or ()), default)
+                 for s in specs)
+        if sum(asked) > MAX_PARTITIONS_PER_BATCH:
             return [], [TopicResult(s["name"], ErrorCode.POLICY_VIOLATION, TOO_MANY_PARTITIONS) for s in specs]
         records: list[Record] = []
         results: list[TopicResult] = []
