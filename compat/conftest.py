@@ -221,7 +221,7 @@ class ExternalBroker:
 # -- reporting -----------------------------------------------------------------------
 
 
-def _watch(request, broker) -> None:
+def watch_broker(request, broker) -> None:
     """Remember where the broker's log was when this test started."""
     if not getattr(broker, "external", False):
         request.node.__dict__.setdefault("_kbroker_logs", []).append((broker, broker.log_size()))
@@ -265,7 +265,7 @@ def broker(request, _session_broker):
     b = _session_broker
     if not b.external and not b.alive():
         b.start()
-    _watch(request, b)
+    watch_broker(request, b)
     return b
 
 
@@ -291,7 +291,7 @@ def start_broker(request, tmp_path):
         if data_dir is not None:
             b.data_dir = Path(data_dir)
         started.append(b)
-        _watch(request, b)
+        watch_broker(request, b)
         return b.start() if wait else b
 
     yield start

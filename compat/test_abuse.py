@@ -15,7 +15,6 @@ with MemoryError instead of taking the test machine down with it.
 
 from __future__ import annotations
 
-import os
 import resource
 import select
 import socket
@@ -29,7 +28,8 @@ import pytest
 
 from compat import abuse, kraw
 from compat.abuse import WAIT, abuse_case
-from compat.conftest import EXTERNAL, BrokerProcess, _watch, free_port, unique_name
+from compat.conftest import EXTERNAL, BrokerProcess, watch_broker, free_port, unique_name
+from protocol.types import write_uvarint
 
 AS_LIMIT = 4 << 30  # address space of the shared broker (it idles at well under 1 GiB of it)
 
@@ -44,14 +44,12 @@ def _raise_nofile(want: int) -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(want, hard), hard))
 
 
-@pytest.fixture(scope="module")
-def abuse_broker(tmp_path_factory):
+def _own_broker(tmp_path_factory, name: str, overrides: dict):
+    """A module's broker process, under an address-space limit so that an
+    unbounded broker dies of MemoryError instead of exhausting the machine."""
     if EXTERNAL:
         pytest.skip("the abuse suite needs a broker process of its own")
-    _raise_nofile(12000)
-    b = BrokerProcess(tmp_path_factory.mktemp("kbroker-abuse"),
-                      {"offsets.topic.num.partitions": 1, "num.partitions": 2},
-                      rlimits={resource.RLIMIT_AS: (AS_LIMIT, AS_LIMIT)})
+    b = BrokerProcess(tmp_path_factory.mktemp(name), overrides, rlimits={resource.RLIMIT_AS: (AS_LIMIT, AS_LIMIT)})
     b.start()
     yield b
     try:
@@ -60,13 +58,23 @@ def abuse_broker(tmp_path_factory):
         pass
 
 
+def _alive(b, request):
+    """The module's broker, started again if an earlier case killed it."""
+    if not b.alive():
+        b.start()
+    watch_broker(request, b)
+    return b
+
+
+@pytest.fixture(scope="module")
+def abuse_broker(tmp_path_factory):
+    _raise_nofile(12000)
+    yield from _own_broker(tmp_path_factory, "kbroker-abuse", {"offsets.topic.num.partitions": 1, "num.partitions": 2})
+
+
 @pytest.fixture
 def target(abuse_broker, request):
-    """The shared abuse broker, started again if an earlier case killed it."""
-    if not abuse_broker.alive():
-        abuse_broker.start()
-    _watch(request, abuse_broker)
-    return abuse_broker
+    return _alive(abuse_broker, request)
 
 
 @pytest.fixture(scope="module")
@@ -321,24 +329,12 @@ FUZZ_EXAMPLES = 8  # per (api, version): about 1,400 requests, well under a minu
 @pytest.fixture(scope="module")
 def fuzz_broker(tmp_path_factory):
     """A broker of its own: random bodies create, delete and reconfigure things."""
-    if EXTERNAL:
-        pytest.skip("the abuse suite needs a broker process of its own")
-    b = BrokerProcess(tmp_path_factory.mktemp("kbroker-fuzz"), {"offsets.topic.num.partitions": 1},
-                      rlimits={resource.RLIMIT_AS: (AS_LIMIT, AS_LIMIT)})
-    b.start()
-    yield b
-    try:
-        b.stop()
-    except AssertionError:
-        pass
+    yield from _own_broker(tmp_path_factory, "kbroker-fuzz", {"offsets.topic.num.partitions": 1})
 
 
 @pytest.fixture
 def fuzz_target(fuzz_broker, request):
-    if not fuzz_broker.alive():
-        fuzz_broker.start()
-    _watch(request, fuzz_broker)
-    return fuzz_broker
+    return _alive(fuzz_broker, request)
 
 
 def _answer_or_close(sock: socket.socket, marker: int, timeout: float = WAIT) -> list[bytes]:
@@ -516,15 +512,6 @@ def test_partition_listed_five_times_is_answered_once(target, big_topic):
 MAX_REQUEST = 104857600  # socket.request.max.bytes, Kafka's default (the shared broker keeps it)
 
 
-def _uvarint(n: int) -> bytes:
-    out = bytearray()
-    while n >= 0x80:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
 def _flexible_frame(api_key: int, version: int, body: bytes, correlation_id: int) -> bytes:
     """Size prefix + request header v2 + body (laid out by hand: too big for the codec's pace)."""
     client = b"abuse"
@@ -535,18 +522,18 @@ def _flexible_frame(api_key: int, version: int, body: bytes, correlation_id: int
 def _metadata_v9_empty_names(total_bytes: int, correlation_id: int = 21) -> bytes:
     """Metadata v9 whose frame is ``total_bytes`` long: topics = N empty names (2 bytes each)."""
     n = (total_bytes - 40) // 2
-    body = _uvarint(n + 1) + b"\x01\x00" * n + b"\x00\x00\x00\x00"  # names; auto-create, 2 flags, tags
+    body = write_uvarint(n + 1) + b"\x01\x00" * n + b"\x00\x00\x00\x00"  # names; auto-create, 2 flags, tags
     return _flexible_frame(abuse.METADATA, 9, body, correlation_id)
 
 
 def _create_topics_v5(entries: bytes, count: int, validate_only: bool = False, correlation_id: int = 22) -> bytes:
-    body = _uvarint(count + 1) + entries + struct.pack(">i?", 30000, validate_only) + b"\x00"
+    body = write_uvarint(count + 1) + entries + struct.pack(">i?", 30000, validate_only) + b"\x00"
     return _flexible_frame(abuse.CREATE_TOPICS, 5, body, correlation_id)
 
 
 def _topic_entry(name: bytes, partitions: int = 1) -> bytes:
     # name, num_partitions, replication_factor, assignments [], configs [], tags
-    return _uvarint(len(name) + 1) + name + struct.pack(">ih", partitions, 1) + b"\x01\x01\x00"
+    return write_uvarint(len(name) + 1) + name + struct.pack(">ih", partitions, 1) + b"\x01\x01\x00"
 
 
 def _hostile(broker, frame: bytes, case, label: str, answer_within: float = WAIT):
@@ -703,7 +690,7 @@ def _zstd_batch_of_empty_records(n: int) -> bytes:
 
 
 def _zigzag(v: int) -> bytes:
-    return _uvarint((v << 1) ^ (v >> 63))
+    return write_uvarint((v << 1) ^ (v >> 63))
 
 
 def test_small_compressed_batch_of_a_million_records(target):

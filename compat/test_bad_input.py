@@ -31,9 +31,9 @@ def target(tmp_path_factory):
 
 @pytest.fixture
 def check_healthy(target, request):
-    from compat.conftest import _watch
+    from compat.conftest import watch_broker
 
-    _watch(request, target)
+    watch_broker(request, target)
     name = create_topic(target.bootstrap, unique_name(), 1).name
 
     def check(tag: str) -> None:

@@ -21,6 +21,7 @@ from crc32c import crc32c
 from protocol import ErrorCode
 from protocol.compression import compress
 from protocol.records import BATCH_HEADER_SIZE, Compression, compute_crc, encode_batch
+from protocol.types import write_uvarint
 
 from kbroker.apis import list_offsets
 from kbroker.log.config import LogConfig
@@ -80,13 +81,7 @@ def tiny_records_batch(n: int, *, base_ts: int, ts_step_at: int | None = None) -
 
 
 def _varint(v: int) -> bytes:
-    z = (v << 1) ^ (v >> 63)
-    out = bytearray()
-    while z >= 0x80:
-        out.append((z & 0x7F) | 0x80)
-        z >>= 7
-    out.append(z)
-    return bytes(out)
+    return write_uvarint((v << 1) ^ (v >> 63))  # zigzag
 
 
 async def longest_stall_while(work) -> tuple[float, object]:
