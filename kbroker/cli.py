@@ -163,6 +163,8 @@ def _report_failure(exc: BaseException) -> int:
     elif isinstance(cause, (ConfigError, OSError)) or type(cause).__module__.startswith("kbroker"):
         message = str(cause) or type(cause).__name__
     else:
+        # Not a condition we report by name: a bug, whose traceback is the point.
+        log.error("unexpected failure", exc_info=cause)
         message = f"{type(cause).__name__}: {cause}"
     print(f"kbroker: {message}", file=sys.stderr)
     return 2 if isinstance(cause, ConfigError) else 1
