@@ -16,10 +16,11 @@ answers stalls only itself: its one answer sits in the send buffer, and
 ``connections.max.idle.ms`` (counted from the last byte that moved in either
 direction) closes it.
 
-Large frames are decoded in a worker thread (:mod:`kbroker.offload`) and
-every decode has an element budget (:data:`MAX_REQUEST_ELEMENTS`), so a
-small hostile request cannot freeze everyone else on the trio thread or
-turn a few megabytes of wire bytes into gigabytes of Python objects.
+Requests with many array elements are decoded, and answered, in a worker
+thread (:mod:`kbroker.offload`), and every decode has an element budget
+(:data:`MAX_REQUEST_ELEMENTS`), so a small hostile request cannot freeze
+everyone else on the trio thread or turn a few megabytes of wire bytes into
+gigabytes of Python objects.
 
 Every connection is a fault boundary.  A peer that resets (ECONNRESET), goes
 away while we write (EPIPE), or times out ends its own connection and is
@@ -46,6 +47,7 @@ from protocol import (
     FrameReader,
     FrameTooLarge,
     ProtocolError,
+    TooManyElements,
     UnsupportedVersion,
     api_versions_fallback_body,
     decode_request,
@@ -61,7 +63,9 @@ log = logging.getLogger("kbroker.server")
 
 READ_SIZE = 1 << 20
 SEND_SLICE = 256 * 1024  # idle time is measured per slice, so a slow reader that keeps reading is not idle
-DECODE_INLINE_MAX = 64 * 1024  # larger frames are decoded, and answered, in a worker thread
+# Array elements decoded on the trio thread (a few milliseconds); a request
+# with more is decoded, and answered, in a worker thread.
+INLINE_ELEMENTS = 1_000
 # Array elements one request may hold.  Decoding costs tens of microseconds
 # and a few hundred bytes per element, so this caps a decode at a few
 # seconds of one worker thread and tens of megabytes, while leaving room for
@@ -106,8 +110,7 @@ class Connection:
                 frame = await self._next_frame()
                 if frame is None:
                     return
-                large = len(frame) > DECODE_INLINE_MAX
-                header, body = await self._decode(frame, large)
+                header, body, large = await self._decode(frame)
                 del frame  # the body keeps only what it needs (record views)
                 response = await self._handle(header, body)
                 if response is not None:  # None: an acks=0 Produce gets no answer at all
@@ -144,15 +147,27 @@ class Connection:
                 return None
             self.frames.feed(data)
 
-    async def _decode(self, frame, large: bool):
+    async def _decode(self, frame):
+        """(header, body, large): ``large`` when the request was too big to decode inline.
+
+        Decoding costs per array element, not per byte (a 1 MB Produce is a
+        handful of elements and record views; a 1 MB Metadata may be half a
+        million topic names), so the inline attempt stops at
+        :data:`INLINE_ELEMENTS` and only a request over that is decoded
+        again in a worker thread, under the full budget.  The wasted work is
+        bounded by the inline budget: the count is checked before the
+        elements are read.
+        """
         try:
-            if not large:
-                return decode_request(frame, max_elements=MAX_REQUEST_ELEMENTS)
-            return await offload.run(lambda: decode_request(frame, max_elements=MAX_REQUEST_ELEMENTS))
+            try:
+                return (*decode_request(frame, max_elements=INLINE_ELEMENTS), False)
+            except TooManyElements:
+                pass
+            return (*await offload.run(lambda: decode_request(frame, max_elements=MAX_REQUEST_ELEMENTS)), True)
         except UnsupportedVersion as e:
             if e.header.api_key == API_VERSIONS:
                 # Answer in the v0 layout so the client learns our range (KIP-511).
-                return e.header, _FALLBACK
+                return e.header, _FALLBACK, False
             log.warning("closing connection from %s:%s: %s (client %r)", *self.peer[:2], e, e.header.client_id)
         except ProtocolError as e:
             log.warning("closing connection from %s:%s: malformed request: %s", *self.peer[:2], e)
@@ -182,8 +197,8 @@ class Connection:
         """Encode and write an answer.  The answer to a large request (one
         that named thousands of topics, say) is about as costly to encode as
         the request was to decode, so it is encoded off the trio thread too;
-        Fetch answers, large in bytes but cheap to encode (records are sent
-        by reference), come from small requests and stay inline."""
+        Fetch and Produce, large in bytes but few in elements (records travel
+        by reference), stay inline."""
         header, response = answer
         try:
             if large:

@@ -37,7 +37,7 @@ from .codec import (
     response_schema,
     supported_versions,
 )
-from .errors import ErrorCode, ProtocolError
+from .errors import ErrorCode, ProtocolError, TooManyElements
 from .framing import FrameReader, FrameTooLarge, frame
 from .messages import API_INDEX, ApiKey
 
@@ -49,6 +49,7 @@ __all__ = [
     "FrameTooLarge",
     "ProtocolError",
     "RequestHeader",
+    "TooManyElements",
     "UnsupportedVersion",
     "advertised_versions",
     "api_info",

@@ -40,6 +40,14 @@ class ProtocolError(ValueError):
         return f"{'.'.join(parts)}: {self.message}"
 
 
+class TooManyElements(ProtocolError):
+    """A message holds more array elements than the decode's budget allows.
+
+    A subclass so that a server can tell "over the budget I chose" (decode
+    it again elsewhere with a larger one, or refuse it) from malformed.
+    """
+
+
 class ErrorCode(enum.IntEnum):
     """Every error code of the Kafka protocol, named as in Kafka's ``Errors`` enum.
 

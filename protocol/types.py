@@ -31,7 +31,7 @@ import uuid as _uuid
 
 import construct
 
-from .errors import ProtocolError
+from .errors import ProtocolError, TooManyElements
 
 __all__ = [
     "BufferReader",
@@ -438,7 +438,7 @@ class Array(construct.Construct):
         budget = getattr(stream, "elements_left", None)
         if budget is not None:
             if n > budget:
-                raise ProtocolError(f"the message holds more array elements than the limit allows ({n} > {budget} left)")
+                raise TooManyElements(f"the message holds more array elements than the limit allows ({n} > {budget} left)")
             stream.elements_left = budget - n
         parse = self.element._parse
         out = []
@@ -541,7 +541,7 @@ class KStruct(construct.Construct):
         budget = getattr(stream, "elements_left", None)
         if budget is not None and count:
             if count > budget:
-                raise ProtocolError(f"the message holds more elements than the limit allows ({count} tagged fields > {budget} left)")
+                raise TooManyElements(f"the message holds more elements than the limit allows ({count} tagged fields > {budget} left)")
             stream.elements_left = budget - count
         seen = -1
         unknown = None

@@ -223,6 +223,31 @@ async def test_a_request_over_the_element_budget_is_refused_without_stalling(bro
     await assert_serving(broker)
 
 
+async def test_a_request_with_many_elements_is_decoded_and_answered_in_a_worker(broker, monkeypatch):
+    from kbroker import offload
+    from kbroker import server as srv
+
+    ran = []
+    real = offload.run
+
+    async def counting(fn):
+        ran.append(fn)
+        return await real(fn)
+
+    monkeypatch.setattr(offload, "run", counting)
+    n = srv.INLINE_ELEMENTS * 3
+    c = await Client.connect(broker.port)
+    r = await c.call(
+        ApiKey.METADATA, 12, {"topics": [{"name": f"absent-{i}"} for i in range(n)], "allow_auto_topic_creation": False}
+    )
+    assert [t.name for t in r.topics] == [f"absent-{i}" for i in range(n)]
+    assert {t.error_code for t in r.topics} == {ErrorCode.UNKNOWN_TOPIC_OR_PARTITION}
+    assert len(ran) == 2  # the decode and the encode
+    # A small request stays on the trio thread.
+    assert (await c.call(ApiKey.METADATA, 12, {"topics": [{"name": "absent-0"}]})).topics[0].name == "absent-0"
+    assert len(ran) == 2
+
+
 async def test_max_connections_per_ip_and_overrides(tmp_path, nursery):
     broker = await start(nursery, make_config(tmp_path, **{"max.connections.per.ip": "3"}))
     clients = [await Client.connect(broker.port) for _ in range(3)]
