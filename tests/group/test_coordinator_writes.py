@@ -58,6 +58,12 @@ async def wait_until(predicate, timeout=5.0, what="condition"):
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
+async def with_coordinator(b, group="g"):
+    """A topic to commit offsets for, and the coordinator (and __consumer_offsets) in place."""
+    await b.create_topics([{"name": "t", "num_partitions": 1}])
+    await call(b, ApiKey.FIND_COORDINATOR, 3, {"key": group, "key_type": 0})
+
+
 async def commit(b, group, offset, *, topic="t", partition=0, generation=-1, member=""):
     r = await call(b, ApiKey.OFFSET_COMMIT, 8, {
         "group_id": group, "generation_id_or_member_epoch": generation, "member_id": member,
@@ -85,8 +91,7 @@ def test_offset_commits_that_cannot_be_written_are_refused_and_never_seen(tmp_pa
     cfg = _config(tmp_path)
 
     async def first(b):
-        await b.create_topics([{"name": "t", "num_partitions": 1}])
-        await call(b, ApiKey.FIND_COORDINATOR, 3, {"key": "g", "key_type": 0})
+        await with_coordinator(b)
         assert await commit(b, "g", 5) == E.NONE
         disk = DiskFull(b, "g", failure)
         disk.on = True
@@ -120,8 +125,7 @@ def test_a_partition_that_is_not_hosted_answers_coordinator_not_available(tmp_pa
     cfg = _config(tmp_path)
 
     async def body(b):
-        await b.create_topics([{"name": "t", "num_partitions": 1}])
-        await call(b, ApiKey.FIND_COORDINATOR, 3, {"key": "g", "key_type": 0})
+        await with_coordinator(b)
         real = b.partition
         b.partition = lambda topic, index: None if topic == OFFSETS_TOPIC else real(topic, index)
         try:
@@ -137,8 +141,7 @@ def test_join_and_sync_change_nothing_when_the_group_record_cannot_be_written(tm
     cfg = _config(tmp_path)
 
     async def body(b):
-        await b.create_topics([{"name": "t", "num_partitions": 1}])
-        await call(b, ApiKey.FIND_COORDINATOR, 3, {"key": "g", "key_type": 0})
+        await with_coordinator(b)
         coord = b.groups
         disk = DiskFull(b, "g", OSError(errno.ENOSPC, "No space left on device"))
 
@@ -219,8 +222,7 @@ def test_session_expiry_that_cannot_be_written_is_undone_and_retried(tmp_path, m
     cfg = _config(tmp_path)
 
     async def body(b):
-        await b.create_topics([{"name": "t", "num_partitions": 1}])
-        await call(b, ApiKey.FIND_COORDINATOR, 3, {"key": "g", "key_type": 0})
+        await with_coordinator(b)
         coord = b.groups
         disk = DiskFull(b, "g", OSError(errno.ENOSPC, "No space left on device"))
         mid = await _join_and_sync(b)
@@ -243,8 +245,7 @@ def test_a_timer_that_raises_is_logged_and_the_broker_keeps_serving(tmp_path, mo
     cfg = _config(tmp_path)
 
     async def body(b):
-        await b.create_topics([{"name": "t", "num_partitions": 1}])
-        await call(b, ApiKey.FIND_COORDINATOR, 3, {"key": "g", "key_type": 0})
+        await with_coordinator(b)
         coord = b.groups
         state = coord.state
         calls = []
@@ -272,8 +273,7 @@ def test_group_max_size_refuses_the_extra_classic_member(tmp_path):
     cfg = _config(tmp_path, **{"group.max.size": 1})
 
     async def body(b):
-        await b.create_topics([{"name": "t", "num_partitions": 1}])
-        await call(b, ApiKey.FIND_COORDINATOR, 3, {"key": "g", "key_type": 0})
+        await with_coordinator(b)
         await _join_and_sync(b)
         # A full Stable group refuses a newcomer at once, before handing out a member id.
         r = await call(b, ApiKey.JOIN_GROUP, 9, {"group_id": "g", "member_id": "", **JOIN})
@@ -314,8 +314,7 @@ def test_a_partition_that_cannot_be_loaded_refuses_its_groups_and_the_rest_is_se
     good = next(f"h{i}" for i in range(1000) if partition_for(f"h{i}", n) != bad)
 
     async def first(b):
-        await b.create_topics([{"name": "t", "num_partitions": 1}])
-        await call(b, ApiKey.FIND_COORDINATOR, 3, {"key": "g", "key_type": 0})
+        await with_coordinator(b)
         assert await commit(b, "g", 1) == E.NONE
         assert await commit(b, good, 2) == E.NONE
 
