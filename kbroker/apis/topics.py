@@ -126,12 +126,12 @@ async def delete_topics(broker, header, body):
 async def create_partitions(broker, header, body):
     results: list[dict | None] = []
     wanted, where = [], []
-    seen = set()
+    # As in Kafka, a topic named twice is refused in every entry, not handled once.
+    dupes = {n for n, k in Counter(t.name for t in body.topics).items() if k > 1}
     for t in body.topics:
-        if t.name in seen:
+        if t.name in dupes:
             results.append({"name": t.name, "error_code": ErrorCode.INVALID_REQUEST, "error_message": "Duplicate topic in request."})
             continue
-        seen.add(t.name)
         assignments = [list(a.broker_ids) for a in t.assignments] if t.assignments is not None else None
         where.append(len(results))
         results.append(None)
