@@ -81,10 +81,13 @@ def per_partition(placements) -> dict[int, int]:
     return dict(Counter(p for p, _ in placements))
 
 
-def check_exactly(expected: Sequence[Msg], got: Sequence[Rec], what: str) -> None:
-    """got holds every expected value exactly once and nothing else."""
+def check_exactly(expected: Sequence[Msg], got: Sequence[Rec], what: str, may_repeat: frozenset = frozenset()) -> None:
+    """got holds every expected value exactly once and nothing else.
+
+    ``may_repeat``: values whose commit was refused because a rebalance had
+    started; Kafka's promise for them is at least once, so they may come again."""
     counts = Counter(r.value for r in got)
-    dups = sorted(v for v, n in counts.items() if n > 1)
+    dups = sorted(v for v, n in counts.items() if n > 1 and v not in may_repeat)
     assert not dups, f"{what}: {len(dups)} values delivered more than once, e.g. {dups[:5]}"
     want = {m.value for m in expected}
     extra = sorted(set(counts) - want)
@@ -493,6 +496,7 @@ def test_committed_offsets_survive_broker_restart(start_broker, how):
 
 def test_kafka_python_two_members_split_then_resume(broker, make_topic):
     from kafka import KafkaConsumer
+    from kafka.errors import CommitFailedError, RebalanceInProgressError
 
     t = make_topic(6)
     g = group_id()
@@ -501,6 +505,7 @@ def test_kafka_python_two_members_split_then_resume(broker, make_topic):
     owned: dict[int, set] = {0: set(), 1: set()}
     got: dict[int, list[Rec]] = {0: [], 1: []}
     failures: list = []
+    uncommitted: set = set()
 
     def new_consumer():
         c = KafkaConsumer(bootstrap_servers=broker.bootstrap, group_id=g, auto_offset_reset="earliest",
@@ -523,7 +528,14 @@ def test_kafka_python_two_members_split_then_resume(broker, make_topic):
                     batch = c.poll(timeout_ms=200)
                     recs = [Rec(r.partition, r.offset, r.key, r.value) for rs in batch.values() for r in rs]
                     if recs:
-                        c.commit()
+                        try:
+                            c.commit()
+                        except (CommitFailedError, RebalanceInProgressError):
+                            # A rebalance began after this poll (kafka-python's leader also
+                            # rejoins when its topic metadata changes): the broker rightly
+                            # refuses the old generation's commit, and these may be redelivered.
+                            with lock:
+                                uncommitted.update(r.value for r in recs)
                     with lock:
                         got[i] += recs
                         owned[i] = {tp.partition for tp in c.assignment()}
@@ -552,7 +564,7 @@ def test_kafka_python_two_members_split_then_resume(broker, make_topic):
     assert not any(th.is_alive() for th in threads), "a kafka-python member did not close"
     for i in (0, 1):
         assert {r.partition for r in got[i]} <= split[i], f"member {i} read partitions it did not own"
-    check_exactly(msgs, got[0] + got[1], "kafka-python members")
+    check_exactly(msgs, got[0] + got[1], "kafka-python members", frozenset(uncommitted))
 
     more = make_messages(50, tag="more")
     produce_confluent(broker.bootstrap, t.name, more)
