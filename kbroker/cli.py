@@ -3,7 +3,19 @@
 Reads the configuration (Kafka names; see :mod:`kbroker.config`), sets up
 logging on stderr, and hands the Config to :func:`kbroker.server.run`.
 Exit status: 0 after a clean shutdown, 2 for a bad command line or
-configuration, 1 when the server cannot be started.
+configuration (including a node shape the server cannot run yet), 1 when
+the server cannot be started.
+
+Two more commands do what ``kafka-storage.sh`` does:
+
+``kbroker format -t CLUSTER_ID [-c server.properties] [--override k=v]... [--ignore-formatted]``
+    writes ``meta.properties`` into every log directory (and
+    ``metadata.log.dir``); exit 1 if a directory is already formatted
+    (for this cluster and node: unless ``--ignore-formatted``; for another:
+    always).  A single node does not need it: it formats itself on first
+    start.
+``kbroker random-uuid``
+    prints a new cluster id.
 """
 
 from __future__ import annotations
@@ -14,7 +26,7 @@ import logging
 import sys
 from typing import NoReturn, Optional, Sequence
 
-from kbroker.config import Config, ConfigError
+from kbroker.config import Config, ConfigError, is_kafka_uuid
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -34,7 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="kbroker",
         description="An Apache Kafka-compatible broker (single combined broker/controller node).",
         epilog="Settings use Kafka's broker config names, e.g. "
-               "--override listeners=PLAINTEXT://127.0.0.1:9092 --override log.dirs=/var/lib/kbroker",
+               "--override listeners=PLAINTEXT://127.0.0.1:9092 --override log.dirs=/var/lib/kbroker. "
+               "Storage commands, as kafka-storage.sh: 'kbroker format -t CLUSTER_ID -c FILE' "
+               "and 'kbroker random-uuid'.",
     )
     p.add_argument("properties", nargs="?", metavar="server.properties",
                    help="properties file, as for kafka-server-start.sh")
@@ -86,6 +100,13 @@ def _load_server():
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # The storage commands come first, as in kafka-storage.sh; anything else
+    # is the server's command line (whose one positional is a properties file).
+    if argv and argv[0] == "format":
+        return format_main(argv[1:])
+    if argv and argv[0] == "random-uuid":
+        return random_uuid_main(argv[1:])
     args = build_parser().parse_args(argv)
     if args.version:
         print(f"kbroker {_version()}")
@@ -105,6 +126,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         for name, value, source in config.describe():
             print(f"{name}={'' if value is None else value}  # {source}")
         return 0
+    problem = config.unsupported_cluster()
+    if problem is not None:
+        # Refused before anything is opened or bound: a node that half-starts
+        # as a single node would create a cluster of its own.
+        print(f"kbroker: {problem}", file=sys.stderr)
+        return 2
     run = _load_server()
     if run is None:
         return 1
@@ -114,6 +141,78 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         run(config)
     except BaseException as e:  # noqa: B902 - every way out of the server ends here, by design
         return _report_failure(e)
+    return 0
+
+
+def build_format_parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog="kbroker format",
+        description="Write meta.properties into every log directory, like kafka-storage.sh format.",
+    )
+    p.add_argument("-t", "--cluster-id", required=True, metavar="CLUSTER_ID",
+                   help="the cluster id (kbroker random-uuid prints a new one)")
+    p.add_argument("-c", "--config", metavar="FILE", help="the node's server.properties")
+    p.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
+                   help="set one config; repeatable; wins over the file")
+    p.add_argument("-g", "--ignore-formatted", action="store_true",
+                   help="skip directories already formatted for this cluster and node")
+    quorum = p.add_mutually_exclusive_group()
+    quorum.add_argument("-s", "--standalone", action="store_true",
+                        help="this controller is the whole initial quorum (dynamic quorum)")
+    quorum.add_argument("-N", "--no-initial-controllers", action="store_true",
+                        help="this controller joins an existing dynamic quorum")
+    return p
+
+
+def format_main(argv: Sequence[str]) -> int:
+    """``kbroker format``: 0 done (or nothing to do), 1 refused, 2 bad arguments or config."""
+    args = build_format_parser().parse_args(argv)
+    try:
+        config = Config.load(args.config, args.override)
+    except ConfigError as e:
+        print(f"kbroker: {e}", file=sys.stderr)
+        return 2
+    cluster_id = args.cluster_id.strip()
+    if not is_kafka_uuid(cluster_id):
+        print(f"kbroker: cluster id {cluster_id!r} does not appear to be a valid UUID "
+              f"(22 characters of url-safe base64; kbroker random-uuid prints one)", file=sys.stderr)
+        return 1
+    if config["cluster.id"] is not None and config["cluster.id"] != cluster_id:
+        print(f"kbroker: the cluster.id setting ({config['cluster.id']}) and -t ({cluster_id}) disagree",
+              file=sys.stderr)
+        return 1
+    controller = "controller" in config["process.roles"]
+    if args.standalone and not controller:
+        print("kbroker: --standalone is for a controller, and process.roles does not include controller",
+              file=sys.stderr)
+        return 1
+    if (controller and not config.embedded_quorum and not config["controller.quorum.voters"]
+            and not (args.standalone or args.no_initial_controllers)):
+        # Kafka's rule: a dynamic quorum (KIP-853) must be told whether this
+        # controller starts it or joins it.
+        print("kbroker: because controller.quorum.voters is not set on this controller, you must specify "
+              "--standalone or --no-initial-controllers", file=sys.stderr)
+        return 1
+    metadata_dir = config["metadata.log.dir"] or config["log.dirs"][0]
+    directories = sorted(set(config["log.dirs"]) | {metadata_dir})
+    from kbroker import metadata_log
+
+    try:
+        metadata_log.format_directories(directories, config["node.id"], cluster_id,
+                                        ignore_formatted=args.ignore_formatted, metadata_dir=metadata_dir)
+    except metadata_log.FormatError as e:
+        print(f"kbroker: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def random_uuid_main(argv: Sequence[str]) -> int:
+    """``kbroker random-uuid``: print a new cluster id, as kafka-storage.sh random-uuid."""
+    p = _Parser(prog="kbroker random-uuid", description="Print a new random cluster id.")
+    p.parse_args(argv)
+    from kbroker import metadata_log
+
+    print(metadata_log.new_uuid())
     return 0
 
 

@@ -31,6 +31,8 @@ table, beside the log that obeys them: :mod:`kbroker.log.config`.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import difflib
 import logging
 import re
@@ -228,30 +230,75 @@ def _no_java_classes(name: str, value: Any) -> None:
 
 
 def _process_roles(name: str, value: list[str]) -> None:
+    # Kafka 4 accepts "broker", "controller" or both, each at most once.  That
+    # kbroker can only *run* the combined single node is a start-up decision
+    # (Config.unsupported_cluster), not a config error: `kbroker format` and
+    # --print-config must accept every valid Kafka node description.
     each_of("broker", "controller", allow_empty=False)(name, value)
-    if set(value) != {"broker", "controller"}:
-        raise ConfigError(
-            f"{name}: kbroker runs as a combined node and needs both roles, "
-            f"'broker,controller'; got {','.join(value)!r}"
-        )
 
 
-_VOTER_RE = re.compile(r"([0-9]+)@(\[[0-9a-fA-F:.%]+\]|[^:@\s]+):([0-9]+)\Z")
-_HOSTPORT_RE = re.compile(r"(\[[0-9a-fA-F:.%]+\]|[^:@\s]+):([0-9]+)\Z")
+_HOST = r"(\[[0-9a-fA-F:.%]+\]|[^:@\s\[\]]+)"
+_VOTER_RE = re.compile(r"([^@]*)@" + _HOST + r":([0-9]+)\Z")
+_HOSTPORT_RE = re.compile(_HOST + r":([0-9]+)\Z")
+
+
+def parse_voters(name: str, value: list[str]) -> dict[int, tuple[str, int]]:
+    """``id@host:port`` entries -> {id: (host, port)}; brackets kept off IPv6 hosts."""
+    voters: dict[int, tuple[str, int]] = {}
+    for voter in value:
+        m = _VOTER_RE.match(voter)
+        if not m:
+            raise ConfigError(f"{name}: expected id@host:port entries, got {voter!r}")
+        if not _INT_RE.match(m.group(1).strip()):
+            raise ConfigError(f"{name}: voter id {m.group(1)!r} in {voter!r} is not an integer")
+        vid, host, port = int(m.group(1)), m.group(2).strip("[]"), int(m.group(3))
+        if not 0 <= vid <= INT_MAX:
+            raise ConfigError(f"{name}: voter id {vid} in {voter!r} is not a valid node id")
+        if port > 65535:
+            raise ConfigError(f"{name}: port {port} out of range in {voter!r}")
+        # Kafka keeps the last of two entries with one id; a typo that silently
+        # drops a voter changes the majority, so it is refused here.
+        if vid in voters:
+            raise ConfigError(f"{name}: voter id {vid} appears more than once")
+        voters[vid] = (host, port)
+    return voters
 
 
 def _quorum_voters(name: str, value: list[str]) -> None:
-    for voter in value:
-        m = _VOTER_RE.match(voter)
-        if not m or not 0 <= int(m.group(3)) <= 65535:
-            raise ConfigError(f"{name}: expected id@host:port entries, got {voter!r}")
+    parse_voters(name, value)
+
+
+def parse_host_ports(name: str, value: list[str]) -> list[tuple[str, int]]:
+    result = []
+    for entry in value:
+        m = _HOSTPORT_RE.match(entry)
+        if not m or int(m.group(2)) > 65535:
+            raise ConfigError(f"{name}: expected host:port entries, got {entry!r}")
+        result.append((m.group(1).strip("[]"), int(m.group(2))))
+    return result
 
 
 def _host_ports(name: str, value: list[str]) -> None:
-    for entry in value:
-        m = _HOSTPORT_RE.match(entry)
-        if not m or not 0 <= int(m.group(2)) <= 65535:
-            raise ConfigError(f"{name}: expected host:port entries, got {entry!r}")
+    parse_host_ports(name, value)
+
+
+def is_kafka_uuid(text: str) -> bool:
+    """Kafka's Uuid string form: url-safe base64 of 16 bytes, no padding (22 chars)."""
+    if len(text) != 22 or not re.fullmatch(r"[A-Za-z0-9_-]+", text):
+        return False
+    try:
+        return len(base64.urlsafe_b64decode(text + "==")) == 16
+    except (ValueError, binascii.Error):
+        return False
+
+
+def _cluster_id(name: str, value: str) -> None:
+    # A KRaft cluster id is a Kafka Uuid (what `kbroker random-uuid` and
+    # `kafka-storage.sh random-uuid` print); checking it here means a typo is
+    # caught at start, not when meta.properties disagrees with it.
+    if not is_kafka_uuid(value):
+        raise ConfigError(f"{name}: {value!r} is not a Kafka cluster id (22 characters of url-safe base64, "
+                          f"as printed by `kbroker random-uuid`)")
 
 
 def _protocol_map(name: str, value: str) -> None:
@@ -347,10 +394,17 @@ BROKER_CONFIGS: dict[str, ConfigDef] = _defs(
     C("broker.id", "int", None, at_least(0), nullable=True, kafka_default=-1,
       note="older spelling of node.id; both must agree if both are set"),
     C("process.roles", "list", "broker,controller", _process_roles, kafka_default="",
-      note="combined mode only: the controller is an in-process quorum of one"),
-    C("cluster.id", "string", None, nullable=True,
+      note="every Kafka value is valid; kbroker only runs broker,controller as a single node so far"),
+    C("cluster.id", "string", None, _cluster_id, nullable=True,
       note="not a Kafka setting; if given, must match meta.properties (kbroker generates one)"),
-    C("broker.rack", "string", None, nullable=True),
+    C("broker.rack", "string", None, nullable=True, effective=False,
+      note="registered with the broker once the cluster work (issue 8) lands"),
+    C("initial.broker.registration.timeout.ms", "int", 60000, effective=False,
+      note="a single node registers in-process"),
+    C("broker.heartbeat.interval.ms", "int", 2000, effective=False,
+      note="a single node registers in-process"),
+    C("broker.session.timeout.ms", "int", 9000, effective=False,
+      note="a single node registers in-process"),
     # --- listeners ---
     C("listeners", "string", "PLAINTEXT://localhost:9092", mode=PER_BROKER,
       kafka_default="PLAINTEXT://:9092"),
@@ -360,9 +414,22 @@ BROKER_CONFIGS: dict[str, ConfigDef] = _defs(
       "PLAINTEXT:PLAINTEXT,SSL:SSL,SASL_PLAINTEXT:SASL_PLAINTEXT,SASL_SSL:SASL_SSL",
       _protocol_map, mode=PER_BROKER),
     C("controller.listener.names", "list", "CONTROLLER", kafka_default=None,
-      note="the in-process controller needs no socket; a listener with this name is optional"),
-    C("controller.quorum.voters", "list", "", _quorum_voters),
-    C("controller.quorum.bootstrap.servers", "list", "", _host_ports),
+      note="the in-process controller needs no socket; a listener with this name is optional "
+           "unless a quorum is configured"),
+    C("controller.quorum.voters", "list", "", _quorum_voters,
+      note="static quorum: id@host:port,...; ids unique"),
+    C("controller.quorum.bootstrap.servers", "list", "", _host_ports,
+      note="KIP-853 dynamic quorum: host:port,..."),
+    # The Raft timings (KIP-595).  A quorum of one has no elections and no
+    # fetches, so they only take effect with the cluster work (issue 8).
+    # Kafka 4.1 (KAFKA-18837) requires them to be at least 0.
+    C("controller.quorum.election.timeout.ms", "int", 1000, _ms, effective=False),
+    C("controller.quorum.fetch.timeout.ms", "int", 2000, _ms, effective=False),
+    C("controller.quorum.election.backoff.max.ms", "int", 1000, _ms, effective=False),
+    C("controller.quorum.request.timeout.ms", "int", 2000, _ms, effective=False),
+    C("controller.quorum.retry.backoff.ms", "int", 20, _ms, effective=False),
+    C("controller.quorum.append.linger.ms", "int", 25, _ms, effective=False),
+    C("controller.quorum.auto.join.enable", "bool", False, effective=False),
     C("inter.broker.listener.name", "string", None, nullable=True),
     C("security.inter.broker.protocol", "string", "PLAINTEXT", one_of(*SECURITY_PROTOCOLS)),
     C("socket.request.max.bytes", "int", 104857600, _pos),
@@ -386,7 +453,16 @@ BROKER_CONFIGS: dict[str, ConfigDef] = _defs(
     C("log.dir", "string", "./kbroker-data", kafka_default="/tmp/kafka-logs"),
     C("log.dirs", "list", None, nullable=True,
       note="takes precedence over log.dir; config['log.dirs'] always gives the effective list"),
-    C("metadata.log.dir", "string", None, nullable=True),
+    C("metadata.log.dir", "string", None, nullable=True, effective=False,
+      note="`kbroker format` writes meta.properties there; the metadata log itself stays in the "
+           "first log.dirs entry until the cluster work (issue 8)"),
+    # The metadata log and its snapshots (KRaftConfigs).  kbroker's metadata
+    # log is not trimmed or snapshotted yet, so these wait for the Raft work.
+    C("metadata.log.max.record.bytes.between.snapshots", "long", 20971520, _pos, effective=False),
+    C("metadata.log.max.snapshot.interval.ms", "long", 3600000, _ms, effective=False),
+    C("metadata.max.retention.bytes", "long", 104857600, effective=False),
+    C("metadata.max.retention.ms", "long", 604800000, effective=False),
+    C("metadata.max.idle.interval.ms", "int", 500, _ms, effective=False),
     C("num.partitions", "int", 1, _pos),
     C("default.replication.factor", "int", 1, _pos),
     C("min.insync.replicas", "int", 1, _pos, CLUSTER_WIDE),
@@ -982,7 +1058,7 @@ class Config(Mapping[str, Any]):
             )
         pmap = self.security_protocol_map
         listeners = self.listeners
-        if not self._broker_listeners():
+        if "broker" in self["process.roles"] and not self._broker_listeners():
             raise ConfigError("listeners: no broker listener (every listener is a controller listener)")
         ports: dict[tuple[str, int], str] = {}
         for l in listeners:
@@ -1012,10 +1088,128 @@ class Config(Mapping[str, Any]):
         if self["group.consumer.min.heartbeat.interval.ms"] > self["group.consumer.max.heartbeat.interval.ms"]:
             raise ConfigError("group.consumer.min.heartbeat.interval.ms: must not exceed "
                               "group.consumer.max.heartbeat.interval.ms")
-        voters = self["controller.quorum.voters"]
-        if voters:
-            ids = {int(v.split("@", 1)[0]) for v in voters}
-            if self["node.id"] not in ids:
-                raise ConfigError(f"controller.quorum.voters: node.id {self['node.id']} is not one of the voters")
-            if len(voters) > 1:
-                raise ConfigError("controller.quorum.voters: kbroker runs a quorum of one; list only this node")
+        self._check_roles()
+
+    @property
+    def embedded_quorum(self) -> bool:
+        """True for kbroker's zero-setup shape: a combined node that names no
+        quorum at all, so its controller is an in-process quorum of one.
+
+        Kafka has no such shape (it requires voters or bootstrap servers), so
+        Kafka's quorum and controller-listener checks apply to every other
+        configuration, and only this one is exempt from them.
+        """
+        return (set(self["process.roles"]) == {"broker", "controller"}
+                and not self["controller.quorum.voters"]
+                and not self["controller.quorum.bootstrap.servers"])
+
+    @property
+    def quorum_voters(self) -> dict[int, tuple[str, int]]:
+        """controller.quorum.voters as {node id: (host, port)}."""
+        return parse_voters("controller.quorum.voters", self["controller.quorum.voters"])
+
+    @property
+    def quorum_bootstrap_servers(self) -> list[tuple[str, int]]:
+        return parse_host_ports("controller.quorum.bootstrap.servers",
+                                self["controller.quorum.bootstrap.servers"])
+
+    @property
+    def controller_listeners(self) -> list[Listener]:
+        """The listeners named in controller.listener.names, in that order."""
+        by_name = {l.name: l for l in self.listeners}
+        return [by_name[n.upper()] for n in self["controller.listener.names"] if n.upper() in by_name]
+
+    def _check_roles(self) -> None:
+        """KafkaConfig's KRaft cross-checks, per role (Kafka 4.2's rules)."""
+        if self.embedded_quorum:
+            return
+        roles = set(self["process.roles"])
+        node_id = self["node.id"]
+        voter_ids = set(self.quorum_voters)
+        controller_names = [n.upper() for n in self["controller.listener.names"]]
+        listener_names = [l.name for l in self.listeners]
+        in_listeners = [n for n in controller_names if n in listener_names]
+        roles_text = ",".join(self["process.roles"])
+        voters_text = "{" + ", ".join(str(i) for i in sorted(voter_ids)) + "}"
+        if not voter_ids and not self["controller.quorum.bootstrap.servers"]:
+            raise ConfigError(
+                f"process.roles={roles_text}: set controller.quorum.voters (id@host:port,...) or "
+                f"controller.quorum.bootstrap.servers (host:port,...) to name the controller quorum"
+            )
+        if roles == {"broker"}:
+            if node_id in voter_ids:
+                raise ConfigError(
+                    f"controller.quorum.voters: node.id {node_id} is a voter {voters_text}, but "
+                    f"process.roles=broker; a broker-only node must not be a voter"
+                )
+            if not controller_names:
+                raise ConfigError("controller.listener.names: must name at least one listener when "
+                                  "process.roles=broker (the listener used to reach the controllers)")
+            if in_listeners:
+                raise ConfigError(
+                    f"listeners: {in_listeners[0]} is a controller listener (controller.listener.names), "
+                    f"which a broker-only node must not have"
+                )
+            if self.is_set("listener.security.protocol.map"):
+                for n in controller_names:
+                    if n not in self.security_protocol_map:
+                        raise ConfigError(
+                            f"listener.security.protocol.map: controller listener {n} (controller.listener.names) "
+                            f"has no security protocol"
+                        )
+            return
+        # The controller role, alone or combined with the broker role.
+        if voter_ids and node_id not in voter_ids:
+            raise ConfigError(
+                f"controller.quorum.voters: node.id {node_id} is not one of the voters {voters_text}, "
+                f"but this node is a controller (process.roles={roles_text})"
+            )
+        if not in_listeners:
+            raise ConfigError(
+                f"listeners: no listener named in controller.listener.names "
+                f"({','.join(controller_names) or 'empty'}); process.roles={roles_text} needs one"
+            )
+        missing = [n for n in controller_names if n not in listener_names]
+        if missing:
+            raise ConfigError(
+                f"controller.listener.names: {missing[0]} is not a listener in listeners "
+                f"(required when process.roles includes controller)"
+            )
+        if roles == {"controller"}:
+            others = [n for n in listener_names if n not in controller_names]
+            if others:
+                raise ConfigError(
+                    f"listeners: {others[0]} is not a controller listener; with process.roles=controller "
+                    f"every listener must be named in controller.listener.names"
+                )
+
+    def unsupported_cluster(self) -> Optional[str]:
+        """Why this node cannot run yet, or None for the single combined node.
+
+        The settings of every Kafka node shape are accepted (and `kbroker
+        format` uses them), but until the quorum and registration work of
+        issue 8 is wired in, the server only runs one combined node whose
+        quorum is itself.  A start refused here has opened nothing.
+        """
+        tail = "multi-node clusters are not supported yet (issue 8 in progress)"
+        roles = self["process.roles"]
+        if set(roles) != {"broker", "controller"}:
+            return f"process.roles={','.join(roles)}: {tail}"
+        others = sorted(v for v in self.quorum_voters if v != self["node.id"])
+        if others:
+            return (f"controller.quorum.voters names node{'s' if len(others) > 1 else ''} "
+                    f"{', '.join(map(str, others))} besides this one: {tail}")
+        for host, port in self.quorum_bootstrap_servers:
+            if not self._is_own_controller_address(host, port):
+                return f"controller.quorum.bootstrap.servers={host}:{port} is not this node: {tail}"
+        return None
+
+    def _is_own_controller_address(self, host: str, port: int) -> bool:
+        # Kafka's single-node quick start names its own CONTROLLER listener as
+        # the bootstrap server; that is still one node.  Anything else may be
+        # another node, and guessing wrong would split the cluster.
+        local = {"localhost", "127.0.0.1", "::1", socket.gethostname(), socket.getfqdn()}
+        for l in self.controller_listeners:
+            if l.port == port and (host == l.host or (host in local and l.host in local | {"", "0.0.0.0", "::"})):
+                return True
+        return False

@@ -15,17 +15,17 @@ so a torn write is cut off whole by recovery (CRC) after a crash.
 
 from __future__ import annotations
 
+import base64
 import logging
 import os
 import uuid
-import base64
 
 import trio
 
 from protocol.envelopes import decode_metadata_record, encode_metadata_record
 from protocol.records import decode_batch, encode_batch
 
-from .config import ConfigError
+from .config import ConfigError, parse_properties
 from .crashpoints import crash_point
 from .log.config import LogConfig
 from .log.errors import KafkaStorageError
@@ -35,41 +35,141 @@ log = logging.getLogger("kbroker.metadata")
 
 
 
-def _new_cluster_id() -> str:
-    # Kafka's cluster ids are url-safe base64 of a random uuid, without padding.
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+META_PROPERTIES = "meta.properties"
 
 
-def read_or_create_meta_properties(log_dir: str, node_id: int, cluster_id: str | None = None) -> str:
-    """The cluster id recorded in ``meta.properties``, creating the file on first start."""
-    path = os.path.join(log_dir, "meta.properties")
-    props = {}
-    if os.path.exists(path):
-        with open(path) as f:
-            for line in f:
-                line = line.strip()
-                if line and not line.startswith("#") and "=" in line:
-                    k, v = line.split("=", 1)
-                    props[k.strip()] = v.strip()
-        stored_node = props.get("node.id")
-        if stored_node is not None and int(stored_node) != node_id:
-            raise ConfigError(
-                f"node.id: {path} belongs to node.id {stored_node}, but this broker is node.id {node_id}"
-            )
-        if cluster_id and props.get("cluster.id") not in (None, cluster_id):
-            raise ConfigError(
-                f"cluster.id: {path} belongs to cluster {props.get('cluster.id')}, not {cluster_id}"
-            )
-        if props.get("cluster.id"):
-            return props["cluster.id"]
-    cid = cluster_id or _new_cluster_id()
+def new_uuid() -> str:
+    """A random id in Kafka's Uuid string form (url-safe base64, no padding).
+
+    Like Kafka's ``Uuid.randomUuid``: never a reserved id (all zeros, or 1,
+    the metadata topic's id) and never one starting with ``-``, which a
+    command line would read as a flag (``kbroker format -t -abc...``).
+    """
+    while True:
+        u = uuid.uuid4()
+        text = base64.urlsafe_b64encode(u.bytes).decode().rstrip("=")
+        if u.int > 1 and not text.startswith("-"):
+            return text
+
+
+_new_cluster_id = new_uuid
+
+
+class FormatError(Exception):
+    """``kbroker format`` cannot format these directories; the message says why."""
+
+
+def read_meta_properties(log_dir: str) -> dict[str, str] | None:
+    """The ``meta.properties`` of ``log_dir`` as a dict, or None if it has none.
+
+    The file is a Java properties file (Kafka writes it with
+    ``Properties.store``), so it is read with the same parser as
+    server.properties.  An unreadable file raises OSError.
+    """
+    path = os.path.join(log_dir, META_PROPERTIES)
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        return None
+    return parse_properties(data.decode("latin-1"), path)
+
+
+def write_meta_properties(log_dir: str, node_id: int, cluster_id: str, directory_id: str) -> None:
+    """Write Kafka's v1 ``meta.properties`` durably (temp file, fsync, rename, fsync dir)."""
+    path = os.path.join(log_dir, META_PROPERTIES)
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
-        f.write(f"#\nversion=1\nnode.id={node_id}\ncluster.id={cid}\ndirectory.id={_new_cluster_id()}\n")
+        f.write(f"#\nversion=1\nnode.id={node_id}\ncluster.id={cluster_id}\ndirectory.id={directory_id}\n")
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+    _fsync_dir_strict(log_dir)
+
+
+def check_meta_properties(log_dir: str, props: dict[str, str], node_id: int, cluster_id: str | None) -> None:
+    """Refuse a directory that belongs to another node or another cluster.
+
+    A node must never join a quorum, or register as a broker, with data
+    written for a different node id or cluster: the metadata it holds would
+    be taken for this cluster's.
+    """
+    path = os.path.join(log_dir, META_PROPERTIES)
+    stored_node = props.get("node.id")
+    if stored_node is not None:
+        try:
+            stored = int(stored_node)
+        except ValueError:
+            raise ConfigError(f"node.id: {path} has a node.id that is not a number: {stored_node!r}") from None
+        if stored != node_id:
+            raise ConfigError(
+                f"node.id: {path} belongs to node.id {stored_node}, but this broker is node.id {node_id}"
+            )
+    if cluster_id and props.get("cluster.id") not in (None, cluster_id):
+        raise ConfigError(f"cluster.id: {path} belongs to cluster {props.get('cluster.id')}, not {cluster_id}")
+
+
+def read_or_create_meta_properties(log_dir: str, node_id: int, cluster_id: str | None = None) -> str:
+    """The cluster id recorded in ``meta.properties``, creating the file on first start.
+
+    Creating it here (rather than requiring ``kbroker format`` first, as
+    Kafka does) is what lets a single node start with no setup at all.
+    """
+    props = read_meta_properties(log_dir)
+    if props is not None:
+        check_meta_properties(log_dir, props, node_id, cluster_id)
+        if props.get("cluster.id"):
+            return props["cluster.id"]
+    cid = cluster_id or new_uuid()
+    write_meta_properties(log_dir, node_id, cid, new_uuid())
     return cid
+
+
+def format_directories(directories: list[str], node_id: int, cluster_id: str, *,
+                       ignore_formatted: bool = False, metadata_dir: str | None = None,
+                       out=print) -> list[str]:
+    """``kafka-storage.sh format`` for ``meta.properties``: the directories written.
+
+    As Kafka's formatter does, every directory already formatted is first
+    checked against this node and cluster (a mismatch is refused even with
+    ``ignore_formatted``); then any formatted directory stops the whole
+    format unless ``ignore_formatted``, in which case only the empty ones
+    are written.  Each gets its own directory.id.
+    """
+    existing: dict[str, dict[str, str]] = {}
+    for d in directories:
+        try:
+            props = read_meta_properties(d)
+        except OSError as e:
+            raise FormatError(f"cannot read {os.path.join(d, META_PROPERTIES)}: {e.strerror or e}") from None
+        if props is not None:
+            try:
+                check_meta_properties(d, props, node_id, cluster_id)
+            except ConfigError as e:
+                raise FormatError(str(e)) from None
+            existing[d] = props
+    if existing and not ignore_formatted:
+        first = next(iter(existing))
+        raise FormatError(f"Log directory {first} is already formatted. "
+                          f"Use --ignore-formatted to ignore this directory and format the others.")
+    empty = [d for d in directories if d not in existing]
+    if not empty:
+        out("All of the log directories are already formatted.")
+        return []
+    taken = {p.get("directory.id") for p in existing.values()}
+    for d in empty:
+        directory_id = new_uuid()
+        while directory_id in taken:  # ids must be unique across this node's directories
+            directory_id = new_uuid()
+        taken.add(directory_id)
+        kind = "metadata directory" if d == metadata_dir else "data directory"
+        out(f"Formatting {kind} {d}.")
+        try:
+            os.makedirs(d, exist_ok=True)
+            write_meta_properties(d, node_id, cluster_id, directory_id)
+        except OSError as e:
+            raise FormatError(f"Error while writing meta.properties file {d}: {e.strerror or e}") from None
+    return empty
 
 
 class MetadataLog:

@@ -69,6 +69,24 @@ def load(*overrides, path=None):
         ("unclean.leader.election.enable", False),
         ("fetch.max.bytes", 57671680),
         ("cluster.id", None),
+        ("controller.quorum.voters", []),
+        ("controller.quorum.bootstrap.servers", []),
+        ("controller.quorum.election.timeout.ms", 1000),
+        ("controller.quorum.fetch.timeout.ms", 2000),
+        ("controller.quorum.election.backoff.max.ms", 1000),
+        ("controller.quorum.request.timeout.ms", 2000),
+        ("controller.quorum.retry.backoff.ms", 20),
+        ("controller.quorum.append.linger.ms", 25),
+        ("broker.session.timeout.ms", 9000),
+        ("broker.heartbeat.interval.ms", 2000),
+        ("initial.broker.registration.timeout.ms", 60000),
+        ("metadata.log.max.record.bytes.between.snapshots", 20971520),
+        ("metadata.log.max.snapshot.interval.ms", 3600000),
+        ("metadata.max.idle.interval.ms", 500),
+        ("metadata.max.retention.bytes", 104857600),
+        ("metadata.max.retention.ms", 604800000),
+        ("metadata.log.dir", None),
+        ("broker.rack", None),
     ],
 )
 def test_defaults(name, value):
@@ -161,7 +179,19 @@ def test_overrides_win_over_file(tmp_path):
         ("listeners=PLAINTEXT://a:1,PLAINTEXT://b:2", "more than once"),
         ("zookeeper.connect=localhost:2181", "ZooKeeper"),
         ("retention.ms=1", "topic-level"),
-        ("process.roles=broker", "both roles"),
+        ("process.roles=broker", "controller.quorum.voters"),
+        ("process.roles=broker,broker", "duplicate"),
+        ("process.roles=", "must not be empty"),
+        ("controller.quorum.voters=1@localhost:9093,1@otherhost:9093", "appears more than once"),
+        ("controller.quorum.voters=one@localhost:9093", "not an integer"),
+        ("controller.quorum.voters=1@localhost:99999", "out of range"),
+        ("controller.quorum.voters=localhost:9093", "id@host:port"),
+        ("controller.quorum.bootstrap.servers=localhost", "host:port"),
+        ("controller.quorum.election.timeout.ms=-1", "at least 0"),
+        ("metadata.log.max.record.bytes.between.snapshots=0", "at least 1"),
+        ("metadata.max.idle.interval.ms=-1", "at least 0"),
+        ("broker.session.timeout.ms=soon", "expected int"),
+        ("cluster.id=my-cluster", "not a Kafka cluster id"),
         ("process.roles=broker,admin", "admin"),
         ("controller.quorum.voters=1@localhost", "id@host:port"),
         ("log.segment.bytes=100", "at least"),
@@ -350,3 +380,154 @@ def test_config_is_immutable_mapping():
     dirs = c["log.dirs"]
     dirs.append("x")
     assert c["log.dirs"] == ["./kbroker-data"]
+
+
+# -- node roles and the controller quorum (Kafka's KRaft cross-checks) -------------
+
+CLUSTER_ID = "MkU3OEVBNTcwNTJENDM2Qg"
+
+
+def test_the_default_is_the_embedded_single_node():
+    c = load()
+    assert c.embedded_quorum
+    assert c.unsupported_cluster() is None
+    assert c.quorum_voters == {} and c.quorum_bootstrap_servers == []
+    assert c.controller_listeners == []  # the in-process quorum needs no socket
+
+
+def test_types_of_the_quorum_settings():
+    for name, type_ in [("controller.quorum.election.timeout.ms", "int"), ("controller.quorum.fetch.timeout.ms", "int"),
+                        ("controller.quorum.election.backoff.max.ms", "int"),
+                        ("controller.quorum.request.timeout.ms", "int"), ("controller.quorum.retry.backoff.ms", "int"),
+                        ("broker.session.timeout.ms", "int"), ("broker.heartbeat.interval.ms", "int"),
+                        ("initial.broker.registration.timeout.ms", "int"),
+                        ("metadata.log.max.record.bytes.between.snapshots", "long"),
+                        ("metadata.max.idle.interval.ms", "int"), ("controller.quorum.voters", "list"),
+                        ("controller.quorum.bootstrap.servers", "list"), ("metadata.log.dir", "string"),
+                        ("broker.rack", "string"), ("process.roles", "list")]:
+        assert BROKER_CONFIGS[name].type == type_, name
+        assert BROKER_CONFIGS[name].read_only, name
+
+
+def test_quorum_settings_are_accepted_but_log_that_they_wait_for_the_cluster(caplog):
+    import logging
+
+    with caplog.at_level(logging.INFO, logger="kbroker.config"):
+        c = load("controller.quorum.election.timeout.ms=1500", "broker.rack=r1")
+    assert c["controller.quorum.election.timeout.ms"] == 1500
+    assert c["broker.rack"] == "r1"
+    assert "controller.quorum.election.timeout.ms=1500 is accepted for compatibility" in caplog.text
+    assert "broker.rack=r1 is accepted for compatibility" in caplog.text
+
+
+def test_voters_parsed():
+    c = load("controller.quorum.voters=1@localhost:9093,2@[::1]:9094,3@host-3.example:9095",
+             "listeners=PLAINTEXT://:9092,CONTROLLER://:9093")
+    assert c.quorum_voters == {1: ("localhost", 9093), 2: ("::1", 9094), 3: ("host-3.example", 9095)}
+    assert [l.name for l in c.controller_listeners] == ["CONTROLLER"]
+    assert not c.embedded_quorum
+
+
+def test_bootstrap_servers_parsed():
+    c = load("controller.quorum.bootstrap.servers=localhost:9093,[::1]:9094",
+             "listeners=PLAINTEXT://:9092,CONTROLLER://:9093")
+    assert c.quorum_bootstrap_servers == [("localhost", 9093), ("::1", 9094)]
+
+
+COMBINED = ("listeners=PLAINTEXT://:9092,CONTROLLER://:9093",)
+BROKER_ONLY = ("process.roles=broker", "node.id=4", "listeners=PLAINTEXT://:9092")
+CONTROLLER_ONLY = ("process.roles=controller", "listeners=CONTROLLER://:9093")
+
+
+@pytest.mark.parametrize("overrides, fragment", [
+    # any node that names a quorum must name it fully, as Kafka requires
+    (("process.roles=broker",), "controller.quorum.voters"),
+    (("process.roles=controller", "listeners=CONTROLLER://:9093"), "controller.quorum.bootstrap.servers"),
+    # a combined node: this node among the voters, and a controller listener
+    (("controller.quorum.voters=2@h:9093", *COMBINED), "node.id 1 is not one of the voters {2}"),
+    (("controller.quorum.voters=1@localhost:9093",), "no listener named in controller.listener.names"),
+    (("controller.quorum.bootstrap.servers=localhost:9093",), "no listener named in controller.listener.names"),
+    (("controller.quorum.voters=1@localhost:9093", "controller.listener.names=CONTROLLER,OTHER",
+      "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,OTHER:PLAINTEXT", *COMBINED),
+     "OTHER is not a listener"),
+    # a broker-only node: not a voter, no controller listener of its own
+    ((*BROKER_ONLY, "controller.quorum.voters=4@h:9093"), "must not be a voter"),
+    ((*BROKER_ONLY[:2], "controller.quorum.voters=1@h:9093", "listeners=PLAINTEXT://:9092,CONTROLLER://:9093"),
+     "CONTROLLER is a controller listener"),
+    ((*BROKER_ONLY, "controller.quorum.voters=1@h:9093", "controller.listener.names="),
+     "controller.listener.names: must name at least one"),
+    ((*BROKER_ONLY, "controller.quorum.voters=1@h:9093", "listener.security.protocol.map=PLAINTEXT:PLAINTEXT"),
+     "controller listener CONTROLLER"),
+    # a controller-only node: only controller listeners, and a voter
+    ((*CONTROLLER_ONLY, "controller.quorum.voters=2@h:9093"), "node.id 1 is not one of the voters"),
+    (("process.roles=controller", "controller.quorum.voters=1@h:9093", "listeners=CONTROLLER://:9093,PLAINTEXT://:9092"),
+     "PLAINTEXT is not a controller listener"),
+    (("process.roles=controller", "controller.quorum.voters=1@h:9093", "listeners=PLAINTEXT://:9092"),
+     "no listener named in controller.listener.names"),
+])
+def test_role_cross_checks(overrides, fragment):
+    with pytest.raises(ConfigError) as e:
+        load(*overrides)
+    assert fragment in str(e.value)
+
+
+@pytest.mark.parametrize("overrides", [
+    # Kafka's own single-node files: static voters, or KIP-853's bootstrap servers naming itself
+    ("controller.quorum.voters=1@localhost:9093", *COMBINED),
+    ("controller.quorum.bootstrap.servers=localhost:9093", *COMBINED,
+     "advertised.listeners=PLAINTEXT://localhost:9092,CONTROLLER://localhost:9093"),
+    ("controller.quorum.bootstrap.servers=127.0.0.1:9093", "listeners=PLAINTEXT://127.0.0.1:9092,CONTROLLER://127.0.0.1:9093"),
+    ("node.id=3", "controller.quorum.voters=3@localhost:9093", *COMBINED),
+])
+def test_single_combined_node_described_the_kafka_way_is_supported(overrides):
+    c = load(*overrides)
+    assert not c.embedded_quorum
+    assert c.unsupported_cluster() is None
+
+
+@pytest.mark.parametrize("overrides, fragment", [
+    (("process.roles=broker", "node.id=4", "controller.quorum.voters=1@h:9093"), "process.roles=broker:"),
+    (("process.roles=broker", "node.id=4", "controller.quorum.bootstrap.servers=h:9093"), "process.roles=broker:"),
+    ((*CONTROLLER_ONLY, "controller.quorum.voters=1@h:9093"), "process.roles=controller:"),
+    (("controller.quorum.voters=1@localhost:9093,2@h2:9093,3@h3:9093", *COMBINED),
+     "controller.quorum.voters names nodes 2, 3 besides this one:"),
+    (("controller.quorum.bootstrap.servers=localhost:9093,h2:9093", *COMBINED),
+     "controller.quorum.bootstrap.servers=h2:9093 is not this node:"),
+    (("controller.quorum.bootstrap.servers=localhost:9094", *COMBINED),
+     "controller.quorum.bootstrap.servers=localhost:9094 is not this node:"),
+])
+def test_every_other_shape_is_valid_but_not_supported_yet(overrides, fragment):
+    c = load(*overrides)  # a valid Kafka node: no ConfigError
+    problem = c.unsupported_cluster()
+    assert problem.startswith(fragment), problem
+    assert problem.endswith("multi-node clusters are not supported yet (issue 8 in progress)")
+
+
+def test_cluster_id_setting():
+    assert load(f"cluster.id={CLUSTER_ID}")["cluster.id"] == CLUSTER_ID
+    for bad in ("MkU3OEVBNTcwNTJENDM2Q", "MkU3OEVBNTcwNTJENDM2Qg==", "MkU3OEVBNTcwNTJENDM2Q!"):
+        with pytest.raises(ConfigError, match="not a Kafka cluster id"):
+            load(f"cluster.id={bad}")
+
+
+def test_three_kafka_node_files_load(tmp_path):
+    """A 3-node cluster from Kafka-style files that differ only in ids, paths and ports."""
+    voters = "1@localhost:19093,2@localhost:29093,3@localhost:39093"
+    for n in (1, 2, 3):
+        p = tmp_path / f"server-{n}.properties"
+        p.write_text(
+            "process.roles=broker,controller\n"
+            f"node.id={n}\n"
+            f"controller.quorum.voters={voters}\n"
+            f"listeners=PLAINTEXT://:{n}9092,CONTROLLER://:{n}9093\n"
+            f"advertised.listeners=PLAINTEXT://localhost:{n}9092,CONTROLLER://localhost:{n}9093\n"
+            "inter.broker.listener.name=PLAINTEXT\n"
+            "controller.listener.names=CONTROLLER\n"
+            "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT\n"
+            f"log.dirs={tmp_path}/data-{n}\n"
+            "broker.rack=rack-" + str(n) + "\n"
+        )
+        c = Config.load(str(p), [])
+        assert c.node_id == n and len(c.quorum_voters) == 3
+        assert c.controller_listeners == [Listener("CONTROLLER", "", n * 10000 + 9093)]
+        assert "nodes" in c.unsupported_cluster()
