@@ -164,3 +164,71 @@ def test_keyboard_interrupt_exits_130(monkeypatch):
     fake.run = run
     monkeypatch.setitem(sys.modules, "kbroker.server", fake)
     assert cli.main([]) == 130
+
+
+# -- node shapes the server cannot run yet, and the cluster id -----------------------
+
+NOT_YET = "multi-node clusters are not supported yet (issue 8 in progress)"
+
+
+@pytest.mark.parametrize("overrides, line", [
+    (["process.roles=broker", "node.id=4", "controller.quorum.voters=1@localhost:9093"],
+     f"kbroker: process.roles=broker: {NOT_YET}"),
+    (["process.roles=controller", "listeners=CONTROLLER://127.0.0.1:0", "controller.quorum.voters=1@localhost:9093"],
+     f"kbroker: process.roles=controller: {NOT_YET}"),
+    (["controller.quorum.voters=1@localhost:9093,2@localhost:9094",
+      "listeners=PLAINTEXT://127.0.0.1:0,CONTROLLER://127.0.0.1:9093"],
+     f"kbroker: controller.quorum.voters names node 2 besides this one: {NOT_YET}"),
+])
+def test_a_multi_node_shape_is_refused_before_anything_starts(tmp_path, overrides, line):
+    data = tmp_path / "data"
+    args = [a for o in overrides + [f"log.dirs={data}"] for a in ("--override", o)]
+    r = run_kbroker(*args)
+    assert r.returncode == 2
+    assert _error_lines(r.stderr) == [line], r.stderr
+    assert not data.exists()  # nothing opened, nothing formatted
+    # the same configuration is valid: --print-config shows it
+    r = run_kbroker(*args, "--print-config")
+    assert r.returncode == 0, r.stderr
+    assert "controller.quorum.voters=" in r.stdout
+
+
+def test_main_refuses_an_unsupported_shape_without_calling_the_server(monkeypatch, capsys):
+    seen = []
+    fake = types.ModuleType("kbroker.server")
+    fake.run = lambda config: seen.append(config)
+    monkeypatch.setitem(sys.modules, "kbroker.server", fake)
+    assert cli.main(["--override", "process.roles=broker", "--override", "node.id=2",
+                     "--override", "controller.quorum.bootstrap.servers=localhost:9093"]) == 2
+    assert not seen
+    assert capsys.readouterr().err.strip().endswith(NOT_YET)
+    # Kafka's own single-node file (KIP-853 bootstrap server = itself) still starts
+    assert cli.main(["--override", "controller.quorum.bootstrap.servers=localhost:9093",
+                     "--override", "listeners=PLAINTEXT://:9092,CONTROLLER://:9093"]) == 0
+    assert len(seen) == 1
+
+
+def test_start_with_a_cluster_id_other_than_the_formatted_one_is_refused(tmp_path):
+    data = tmp_path / "data"
+    r = run_kbroker("random-uuid")
+    assert r.returncode == 0
+    formatted, other = r.stdout.strip(), run_kbroker("random-uuid").stdout.strip()
+    r = run_kbroker("format", "-t", formatted, "--override", f"log.dirs={data}")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == f"Formatting metadata directory {data}."
+    r = run_kbroker("--override", f"log.dirs={data}", "--override", "listeners=PLAINTEXT://127.0.0.1:0",
+                    "--override", f"cluster.id={other}")
+    assert r.returncode == 2
+    assert _error_lines(r.stderr) == [
+        f"kbroker: cluster.id: {data}/meta.properties belongs to cluster {formatted}, not {other}"
+    ], r.stderr
+
+
+def test_format_refusal_exit_code_and_message(tmp_path):
+    data = tmp_path / "data"
+    cid = run_kbroker("random-uuid").stdout.strip()
+    assert run_kbroker("format", "-t", cid, "--override", f"log.dirs={data}").returncode == 0
+    r = run_kbroker("format", "-t", cid, "--override", f"log.dirs={data}")
+    assert r.returncode == 1
+    assert r.stderr.strip() == (f"kbroker: Log directory {data} is already formatted. "
+                                f"Use --ignore-formatted to ignore this directory and format the others.")
