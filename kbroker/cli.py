@@ -195,6 +195,8 @@ def format_main(argv: Sequence[str]) -> int:
         return 1
     metadata_dir = config["metadata.log.dir"] or config["log.dirs"][0]
     directories = sorted(set(config["log.dirs"]) | {metadata_dir})
+    # Imported here, as the server is: the config-only paths of the command
+    # line (--help, --print-config, a bad setting) need not load trio and the logs.
     from kbroker import metadata_log
 
     try:

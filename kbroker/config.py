@@ -25,6 +25,16 @@ Some settings are spelled several ways (``log.retention.ms`` /
 the way Kafka does, so ``config["log.retention.ms"]`` is always the effective
 retention in milliseconds.
 
+Node shapes follow KRaft: ``process.roles`` (broker, controller or both),
+the quorum named by ``controller.quorum.voters`` or (KIP-853)
+``controller.quorum.bootstrap.servers``, and Kafka's per-role cross-checks
+(:meth:`Config._check_roles`).  kbroker's zero-setup default, a combined
+node that names no quorum, is the one shape exempt from them: its controller
+is an in-process quorum of one (:attr:`Config.embedded_quorum`).  Whether
+the server can *run* a valid shape is a separate question,
+:meth:`Config.unsupported_cluster`, so that ``kbroker format`` and
+``--print-config`` work for every node of a cluster.
+
 Topic-level settings (``retention.ms``, ``segment.bytes``...) have their own
 table, beside the log that obeys them: :mod:`kbroker.log.config`.
 """
