@@ -88,6 +88,7 @@ class Message:
         # Inline struct definitions may be referenced by name elsewhere in the file.
         self._collect(fields)
         self._cache: dict[int, T.KStruct] = {}
+        self._arrays: dict[tuple[int, str], T.Array] = {}
 
     def __repr__(self) -> str:
         return f"<Message {self.name} v{self.valid[0]}-{self.valid[1]}>"
@@ -236,6 +237,55 @@ class Message:
         except ProtocolError as e:
             e.message = f"{self.name} v{version}: {e.message}"
             raise
+
+    def array_field(self, version: int, path: str) -> T.Array:
+        """The array construct of the field at ``path`` in ``version``.
+
+        ``path`` names fields from the top, dot-separated; each name before
+        the last must be an array of structs or a struct ("topics.partitions").
+        Tagged fields count too.
+        """
+        cached = self._arrays.get((version, path))
+        if cached is not None:
+            return cached
+        con: Any = self.struct(version)
+        for name in path.split("."):
+            if isinstance(con, T.Array):
+                con = con.element
+            if not isinstance(con, T.KStruct):
+                raise ProtocolError(f"{self.name} v{version}: {path!r} does not lead through structs")
+            found = dict(con.fields).get(name)
+            if found is None and name in con.tagged_by_name:
+                found = con.tagged_by_name[name].con
+            if found is None:
+                raise ProtocolError(f"{self.name} v{version} has no field {path!r}")
+            while isinstance(found, (_DefaultCarrier, _NullableStruct)):
+                found = found.subcon
+            con = found
+        if not isinstance(con, T.Array):
+            raise ProtocolError(f"{self.name} v{version}: {path!r} is not an array")
+        self._arrays[(version, path)] = con
+        return con
+
+    def encode_elements(self, version: int, path: str, items) -> T.EncodedElements:
+        """Encode ``items`` as elements of the array at ``path`` (see :meth:`array_field`).
+
+        The result can stand in for that field's list when this message is
+        encoded in the same version (:class:`~protocol.types.EncodedElements`).
+        """
+        element = self.array_field(version, path).element
+        w = T.ChunkWriter()
+        build = element._build
+        items = list(items)
+        i = 0
+        try:
+            for i, item in enumerate(items):
+                build(item, w, None, "")
+        except ProtocolError as e:
+            e.path.insert(0, f"[{i}]")
+            e.message = f"{self.name} v{version} {path}: {e.message}"
+            raise
+        return T.EncodedElements(element, len(items), w.getvalue())
 
     def encode(self, obj, version: int) -> bytes:
         w = T.ChunkWriter()

@@ -44,6 +44,8 @@ __all__ = [
     "Uuid",
     "KStruct",
     "TaggedField",
+    "EncodedElements",
+    "SplicedElements",
     "INT8",
     "INT16",
     "UINT16",
@@ -416,8 +418,65 @@ class Uuid(construct.Construct):
 UUID = Uuid()
 
 
+class EncodedElements:
+    """Array elements encoded ahead of time, to be written into a message as they are.
+
+    A server often answers the same entries again and again (Metadata lists
+    every topic to every client, and the topics change far less often than
+    clients ask).  Encoding those entries once and splicing the bytes into
+    each answer turns a per-field Python walk into one buffer write.
+
+    The bytes are only meaningful for one layout: the element construct of one
+    array field in one version of one message.  ``element`` remembers that
+    construct, and :class:`Array` refuses elements encoded for any other
+    (another version, or another field), so a cache keyed wrongly fails loudly
+    instead of sending a misframed answer.  Build instances with
+    :meth:`protocol.schema.Message.encode_elements`, which takes the element
+    construct from the generated schema; combine them with :meth:`concat`.
+    """
+
+    __slots__ = ("element", "count", "data")
+
+    def __init__(self, element: construct.Construct, count: int, data: bytes):
+        self.element = element
+        self.count = count
+        self.data = data
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __repr__(self) -> str:
+        return f"<EncodedElements {self.count} elements, {len(self.data)} bytes>"
+
+    @classmethod
+    def concat(cls, element: construct.Construct, parts) -> "EncodedElements":
+        """One run of elements from several, in order (all for ``element``)."""
+        parts = list(parts)
+        for p in parts:
+            if p.element is not element:
+                raise ProtocolError("cannot join elements encoded for different layouts")
+        return cls(element, sum(p.count for p in parts), b"".join(p.data for p in parts))
+
+
+class SplicedElements(list):
+    """A list of array elements in which an :class:`EncodedElements` stands for the elements it holds.
+
+    For answers that are partly cached and partly fresh (Metadata naming some
+    known topics and some unknown ones): the fresh entries stay plain values
+    and are encoded with the rest of the message, wherever that happens (a
+    server may encode a large answer off its event loop).
+    """
+
+    __slots__ = ()
+
+
 class Array(construct.Construct):
-    """An array: int32 count (classic) or uvarint count+1 (compact)."""
+    """An array: int32 count (classic) or uvarint count+1 (compact).
+
+    Besides a list, encoding accepts :class:`EncodedElements` made for this
+    array's element construct (the count is written, then the bytes as they
+    are) and a :class:`SplicedElements` list mixing them with plain values.
+    """
 
     kafka_type = "array"
 
@@ -458,6 +517,15 @@ class Array(construct.Construct):
                 raise ProtocolError("None for a non-nullable array")
             _write_length(stream, None, self.compact, 4)
             return obj
+        if type(obj) is EncodedElements:
+            if obj.element is not self.element:
+                raise ProtocolError("pre-encoded elements were made for another layout (version or field)")
+            _write_length(stream, obj.count, self.compact, 4)
+            stream.write(obj.data)
+            return obj
+        if type(obj) is SplicedElements:
+            self._build_spliced(obj, stream, context, path)
+            return obj
         if isinstance(obj, (str, bytes, dict)) or not hasattr(obj, "__len__"):
             raise ProtocolError(f"expected a list, got {type(obj).__name__}")
         _write_length(stream, len(obj), self.compact, 4)
@@ -470,6 +538,30 @@ class Array(construct.Construct):
             e.path.insert(0, f"[{i}]")
             raise
         return obj
+
+
+    def _build_spliced(self, obj, stream, context, path):
+        element = self.element
+        count = 0
+        for item in obj:
+            if type(item) is EncodedElements:
+                if item.element is not element:
+                    raise ProtocolError("pre-encoded elements were made for another layout (version or field)")
+                count += item.count
+            else:
+                count += 1
+        _write_length(stream, count, self.compact, 4)
+        build = element._build
+        i = 0
+        try:
+            for i, item in enumerate(obj):
+                if type(item) is EncodedElements:
+                    stream.write(item.data)
+                else:
+                    build(item, stream, context, path)
+        except ProtocolError as e:
+            e.path.insert(0, f"[{i}]")
+            raise
 
 
 class TaggedField:

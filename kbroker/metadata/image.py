@@ -73,6 +73,11 @@ class MetadataImage:
     def __init__(self):
         self.cluster_id: str | None = None
         self.offset = -1
+        # Bumped by every :meth:`apply`, so whatever is derived from the image
+        # (the encoded Metadata answers of kbroker.apis.metadata) can be kept
+        # while it equals the version it was derived at, and is never served
+        # after a change.  Code that changes the image must go through apply.
+        self.version = 0
         self.brokers: dict[int, BrokerImage] = {}
         self.topics: dict[str, TopicImage] = {}
         self.topics_by_id: dict[uuid.UUID, TopicImage] = {}
@@ -104,6 +109,7 @@ class MetadataImage:
     # -- applying records ------------------------------------------------------
     def apply(self, name: str, record, offset: int | None = None) -> None:
         """Apply one decoded KRaft record (``name`` is its schema name)."""
+        self.version += 1
         handler = getattr(self, "_apply_" + name, None)
         if handler is not None:
             handler(record)
