@@ -301,17 +301,16 @@ class RaftNode:
             self.high_watermark = hw
             self._events.append(HighWatermarkChanged(hw))
 
-    def _observe_epoch(self, epoch: int, leader_id: int, now: float, from_leader: bool = False) -> bool:
+    def _observe_epoch(self, epoch: int, leader_id: int, now: float) -> bool:
         """React to an epoch/leader seen in a message; True when it moved us to a new role.
 
         A higher epoch always wins.  In our own epoch, learning the leader ends
         an election we were running or waiting for (a voter that already
         granted its vote to someone else follows the winner all the same).
-        A Prospective, though, has just given up on that very leader: hearsay
-        from a voter whose fetch timer has not run out yet must not send it
-        back (two such voters would bounce each other back and forth for
-        ever, each timing out in turn); only the leader itself
-        (``from_leader``) can."""
+        That is safe from ping-pong because a voter names a leader in a Vote
+        answer only once it has actually fetched from it (:meth:`_vouched_leader`):
+        hearsay from voters that merely remember a leader cannot keep sending
+        each other back to a dead one."""
         s = self.state
         lid = None if leader_id < 0 else leader_id
         if lid == self.node_id:
@@ -323,12 +322,7 @@ class RaftNode:
                 self.quorum.to_unattached(epoch, now)
             self._after_transition(now)
             return True
-        if (
-            epoch == s.epoch
-            and lid is not None
-            and isinstance(s, (Unattached, Prospective, Candidate))
-            and (from_leader or not isinstance(s, Prospective))
-        ):
+        if epoch == s.epoch and lid is not None and isinstance(s, (Unattached, Prospective, Candidate)):
             self.quorum.to_follower(epoch, lid, now)
             self._after_transition(now)
             return True
@@ -394,9 +388,12 @@ class RaftNode:
         if req.replica_epoch < s.epoch or req.replica_id not in self.voters or not self.quorum.is_voter:
             granted = False
         elif req.pre_vote:
-            # Pre-vote changes nothing here; refuse while we still hear from a
-            # leader (Follower), or are/were one.
-            granted = isinstance(s, (Unattached, Prospective, Candidate)) and self._log_up_to_date(
+            # Pre-vote changes nothing here.  Refuse while we hear from a
+            # leader (a Follower that has fetched from it), or are/were one.
+            no_live_leader = isinstance(s, (Unattached, Prospective, Candidate)) or (
+                isinstance(s, Follower) and not s.has_fetched
+            )
+            granted = no_live_leader and self._log_up_to_date(
                 req.last_offset_epoch, req.last_offset
             )
         elif isinstance(s, (Unattached, Prospective)) and s.voted_id in (None, req.replica_id):
@@ -405,11 +402,16 @@ class RaftNode:
                 self.quorum.to_unattached_voted(s.epoch, req.replica_id, now)  # persisted before we answer
         elif isinstance(s, Unattached) and s.voted_id == req.replica_id:
             granted = True
-        cur = self._current_leader()
         self._send(
             req.replica_id,
-            VoteResponse(req.correlation_id, NONE, cur.leader_id, cur.leader_epoch, granted),
+            VoteResponse(req.correlation_id, NONE, self._vouched_leader(), self.epoch, granted),
         )
+
+    def _vouched_leader(self) -> int:
+        s = self.state
+        if isinstance(s, Leader) or (isinstance(s, Follower) and s.has_fetched):
+            return s.leader_id
+        return -1
 
     def _on_vote_response(self, resp: VoteResponse, now: float) -> None:
         s = self.state
@@ -443,7 +445,7 @@ class RaftNode:
             cur = self._current_leader()
             self._send(req.leader_id, BeginQuorumEpochResponse(req.correlation_id, FENCED_LEADER_EPOCH, cur.leader_id, cur.leader_epoch))
             return
-        self._observe_epoch(req.leader_epoch, req.leader_id, now, from_leader=True)
+        self._observe_epoch(req.leader_epoch, req.leader_id, now)
         s = self.state
         if isinstance(s, Follower) and s.leader_id == req.leader_id:
             s.fetch_deadline = max(s.fetch_deadline, now + self.config.fetch_timeout_ms)
@@ -655,7 +657,7 @@ class RaftNode:
         if source is None:
             return
         cl = resp.current_leader
-        if self._observe_epoch(cl.leader_epoch, cl.leader_id, now, from_leader=source == cl.leader_id):
+        if self._observe_epoch(cl.leader_epoch, cl.leader_id, now):
             return
         if not isinstance(s, Follower):
             return
@@ -674,6 +676,7 @@ class RaftNode:
             self._retry_later(s, now)
             return
         s.fetch_deadline = now + self.config.fetch_timeout_ms
+        s.has_fetched = True
         log = self.log
         if resp.snapshot_id is not None:
             sid = resp.snapshot_id

@@ -157,6 +157,7 @@ class Follower(EpochState):
         self.fetch_deadline = fetch_deadline  # no answer from the leader by then: it is presumed gone
         self.request_deadline = INF  # the in-flight Fetch/FetchSnapshot is presumed lost by then
         self.send_at: float | None = 0.0  # when to send the next Fetch (None while one is in flight)
+        self.has_fetched = False  # a valid answer from the leader arrived in this role: it is alive
 
 
 class Resigned(EpochState):
