@@ -126,7 +126,7 @@ class RaftNode:
         # it will be re-learnt from the leader.
         self.high_watermark = log.start_offset
         self.quorum = QuorumState(node_id, self.voters, store, config, rng, self._events.append)
-        self.quorum.initialize(now_ms)
+        self.quorum.initialize(now_ms, log.last_epoch)
         self._after_transition(now_ms)
 
     # ------------------------------------------------------------------ API

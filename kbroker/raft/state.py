@@ -213,10 +213,14 @@ class QuorumState:
         return len(self.voters) // 2 + 1
 
     # -- start-up ----------------------------------------------------------
-    def initialize(self, now: float) -> None:
+    def initialize(self, now: float, log_last_epoch: int) -> None:
         """Resume from the persisted election state, as Kafka's QuorumState.initialize does."""
         saved = self.store.read() or ElectionState()
-        if saved.leader_id is not None and saved.leader_id == self.local_id:
+        if saved.epoch < log_last_epoch:
+            # The log has seen a later epoch than the state file (a lost or
+            # replaced quorum-state): never go back behind the log.
+            self._set(Unattached(log_last_epoch, None, self._unattached_deadline(now)))
+        elif saved.leader_id is not None and saved.leader_id == self.local_id:
             # We led this epoch before the restart; we cannot know what we
             # promised, so we stay out of the way until someone else leads.
             self._set(Resigned(saved.epoch, self.local_id, now + self.election_timeout()))

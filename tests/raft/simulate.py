@@ -114,6 +114,8 @@ class Simulation:
         self.proposal_seq = 0
         self.snapshots_loaded = 0
         self.events = 0
+        self._first_commit_since: dict[float, int] = {}
+        self._scan_from: dict[float, int] = {}
 
     # ------------------------------------------------------------ scheduling
     def at(self, t: float, kind: str, *data) -> None:
@@ -331,17 +333,22 @@ class Simulation:
                 self.log_trace(f"node {n.id} snapshots at {hw}")
 
     def progressed_since(self, t0: float, nodes: list[int]) -> bool:
-        """A proposal made at or after t0 is committed, and every listed node's high watermark covers it."""
-        for off in range(len(self.committed) - 1, -1, -1):
-            payload = self.committed[off][1]
-            when = self.proposed_at.get(payload) if isinstance(payload, str) else None
-            if when is not None and when >= t0:
-                return all(
-                    self.nodes[i].raft is not None and self.nodes[i].raft.high_watermark > off for i in nodes
-                )
-            if when is not None and when < t0:
+        """The first proposal made at or after t0 that got committed is covered by every listed node's high watermark.
+
+        (Not the latest one: with proposals arriving all the time, a node one
+        fetch behind would never catch the latest.)"""
+        off = self._first_commit_since.get(t0)
+        if off is None:
+            for o in range(self._scan_from.get(t0, 0), len(self.committed)):
+                payload = self.committed[o][1]
+                when = self.proposed_at.get(payload) if isinstance(payload, str) else None
+                if when is not None and when >= t0:
+                    off = self._first_commit_since[t0] = o
+                    break
+            else:
+                self._scan_from[t0] = len(self.committed)
                 return False
-        return False
+        return all(self.nodes[i].raft is not None and self.nodes[i].raft.high_watermark > off for i in nodes)
 
     def expect_progress(self, nodes: list[int], within: float, what: str) -> None:
         t0 = self.now
@@ -402,6 +409,26 @@ def partitioned_leader(sim: Simulation) -> None:
     sim.expect_progress(_all(sim), PROGRESS_BOUND, "after the partition healed")
 
 
+def isolated_voter_returns(sim: Simulation) -> None:
+    """KIP-996's promise: a voter cut off long enough to time out comes back without deposing the leader."""
+    leader = _stable(sim)
+    sim.net = NetConfig(min_delay=1, max_delay=sim.net.max_delay, drop=0.0, duplicate=0.01)
+    sim.run_until(sim.now + 2 * sim.config.request_timeout_ms)  # let anything the lossy start left in flight settle
+    leader = sim._top_leader().id
+    epoch = sim.nodes[leader].raft.epoch
+    victim = sim.rng.choice([i for i in sim.voter_ids if i != leader])
+    sim.partition([victim], [i for i in sim.nodes if i != victim])
+    sim.run_until(sim.now + sim.rng.uniform(3000, 10000))
+    if sim.nodes[victim].raft.epoch != epoch:
+        sim.fail(f"isolated voter {victim} moved to epoch {sim.nodes[victim].raft.epoch} on its own (pre-vote)")
+    sim.heal()
+    sim.expect_progress(_all(sim), PROGRESS_BOUND, "after the isolated voter returned")
+    for n in sim.live():
+        if n.raft.epoch != epoch or n.raft.leader_id != leader:
+            sim.fail(f"node {n.id} is at {n.raft.state}: the returning voter {victim} disturbed leader {leader} "
+                     f"of epoch {epoch}")
+
+
 def partitioned_minority_majority(sim: Simulation) -> None:
     _stable(sim)
     voters = list(sim.voter_ids)
@@ -447,6 +474,7 @@ SCENARIOS: dict[str, tuple[Callable[[Simulation], None], bool]] = {
     "initial_election": (initial_election, False),
     "leader_crash": (leader_crash, False),
     "partitioned_leader": (partitioned_leader, False),
+    "isolated_voter_returns": (isolated_voter_returns, False),
     "partitioned_minority_majority": (partitioned_minority_majority, False),
     "heavy_loss": (heavy_loss, False),
     "restarts_with_snapshots": (restarts_with_snapshots, True),
