@@ -283,3 +283,28 @@ async def test_concurrent_clients_while_topics_change(broker, nursery):
         await trio.sleep(0.05)
         done.set()
     assert seen_max and max(seen_max) == 15
+
+
+async def test_a_change_re_encodes_only_the_topic_it_touches(broker, client):
+    """White box: entries of untouched topics survive other topics' changes (a storm stays cheap)."""
+    for name in ("a", "b"):
+        await create_topic(client, name, partitions=2)
+    await warm(client)
+    layout = (12, md.UNKNOWN_OPERATIONS)
+
+    def entry(name):
+        return md.encoded(broker.image).entries[layout][topic_id(broker, name)][2]
+
+    a, b = entry("a"), entry("b")
+    await create_topic(client, "c")
+    await topics(client)
+    assert entry("a") is a and entry("b") is b
+    await broker.submit([("PartitionChangeRecord", {"partition_id": 0, "topic_id": topic_id(broker, "a"),
+                                                    "leader": -1})])
+    got = await topics(client)
+    assert got["a"].partitions[0].leader_id == -1 and got["b"].partitions[0].leader_id == broker.node_id
+    assert entry("a") is not a and entry("b") is b
+    r = await client.call(ApiKey.DELETE_TOPICS, 6, {"topics": [{"name": "b"}], "timeout_ms": 1000})
+    assert r.responses[0].error_code == 0
+    assert "b" not in await topics(client)
+    assert set(md.encoded(broker.image).entries[layout]) == set(broker.image.topics_by_id)

@@ -19,11 +19,14 @@ bytes (:class:`protocol.types.EncodedElements`):
   topic authorized operations were asked for; the broker list on the image,
   the API version and the listener the request came in on (each broker's
   endpoint for that listener);
-* everything is cached per image object and valid for one
-  :attr:`MetadataImage.version`, which every applied record bumps: the first
-  answer after any change (topic created or deleted, partitions added, leader
-  or ISR changed, broker registered, fenced or unfenced) rebuilds what it
-  needs, so no answer is ever built from a stale cache;
+* everything is cached per image object.  The broker lists and the
+  all-topics run are valid for one ``MetadataImage.version``, which every
+  applied record bumps; a topic's entry is valid while the topic object and
+  its own ``TopicImage.version`` (bumped when one of its partitions is added
+  or changes) are the ones it was encoded from.  So the first answer after
+  any change (topic created or deleted, partitions added, leader or ISR
+  changed, broker registered, fenced or unfenced) rebuilds what it needs and
+  no more, and no answer is ever built from a stale cache;
 * what varies per request is never cached: correlation id and throttle (the
   codec writes them), cluster and controller id, the subset of topics asked
   for and in what order, unknown or invalid names, auto-creation.
@@ -88,32 +91,58 @@ def topic_entry(t, ops: int = UNKNOWN_OPERATIONS) -> dict:
 
 
 class _Encoded:
-    """What one version of one image encodes to; dropped whole when the image changes."""
+    """What one image object encodes to.
 
-    __slots__ = ("version", "topics", "all_topics", "brokers")
+    Topic entries are kept per layout (API version, operations flag) and
+    per topic, each valid while the topic object and its ``version`` are the
+    ones it was encoded from: a change to one topic re-encodes that topic
+    only, which is what keeps a storm of Metadata requests during a storm of
+    changes cheap.  The all-topics run and the broker lists are valid for one
+    image ``version`` and dropped at the next.
+    """
 
-    def __init__(self, version: int):
-        self.version = version
-        self.topics: dict[tuple[int, int, str], EncodedElements] = {}  # (api version, ops, name)
+    __slots__ = ("version", "entries", "all_topics", "brokers")
+
+    def __init__(self):
+        self.version = -1
+        # (api version, ops) -> {topic id: (TopicImage, its version, encoded entry)}
+        self.entries: dict[tuple[int, int], dict] = {}
         self.all_topics: dict[tuple[int, int], EncodedElements] = {}  # (api version, ops)
         self.brokers: dict[tuple[int, str], EncodedElements] = {}  # (api version, listener)
 
+    def at(self, version: int) -> "_Encoded":
+        if version != self.version:
+            self.version = version
+            self.all_topics = {}
+            self.brokers = {}
+        return self
+
     def topic(self, image, t, api_version: int, ops: int) -> EncodedElements:
-        key = (api_version, ops, t.name)
-        enc = self.topics.get(key)
-        if enc is None:
-            enc = RESPONSE.encode_elements(api_version, "topics", [topic_entry(t, ops)])
-            self.topics[key] = enc
-        return enc
+        entries = self.entries.setdefault((api_version, ops), {})
+        hit = entries.get(t.topic_id)
+        if hit is None or hit[0] is not t or hit[1] != t.version:
+            if len(entries) > 2 * len(image.topics) + 64:
+                # Deleted topics' entries are otherwise only dropped by the next all-topics answer.
+                entries = self.entries[(api_version, ops)] = {
+                    k: e for k, e in entries.items() if image.topics_by_id.get(k) is e[0]}
+            hit = (t, t.version, RESPONSE.encode_elements(api_version, "topics", [topic_entry(t, ops)]))
+            entries[t.topic_id] = hit
+        return hit[2]
 
     def every_topic(self, image, api_version: int, ops: int) -> EncodedElements:
         key = (api_version, ops)
         enc = self.all_topics.get(key)
         if enc is None:
+            old = self.entries.get(key, {})
+            fresh = {}
+            for t in image.topics.values():
+                hit = old.get(t.topic_id)
+                if hit is None or hit[0] is not t or hit[1] != t.version:
+                    hit = (t, t.version, RESPONSE.encode_elements(api_version, "topics", [topic_entry(t, ops)]))
+                fresh[t.topic_id] = hit
+            self.entries[key] = fresh  # and so deleted topics' entries go
             element = RESPONSE.array_field(api_version, "topics").element
-            enc = EncodedElements.concat(
-                element, [self.topic(image, t, api_version, ops) for t in image.topics.values()]
-            )
+            enc = EncodedElements.concat(element, [hit[2] for hit in fresh.values()])
             self.all_topics[key] = enc
         return enc
 
@@ -132,12 +161,11 @@ _encoded: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
 def encoded(image) -> _Encoded:
-    """The cache for ``image`` as it is now (a fresh one if it changed since)."""
+    """The cache for ``image`` as it is now (what an older version derived is dropped)."""
     enc = _encoded.get(image)
-    if enc is None or enc.version != image.version:
-        enc = _Encoded(image.version)
-        _encoded[image] = enc
-    return enc
+    if enc is None:
+        enc = _encoded[image] = _Encoded()
+    return enc.at(image.version)
 
 
 def _error_entry(code, name, ops, topic_id=None) -> dict:

@@ -61,6 +61,10 @@ class TopicImage:
     name: str
     topic_id: uuid.UUID
     partitions: dict[int, PartitionImage] = field(default_factory=dict)
+    # Bumped whenever a partition of this topic is added or changed, so what
+    # is derived from one topic (its encoded Metadata entry) outlives changes
+    # to other topics; the image's own ``version`` covers everything else.
+    version: int = field(default=0, compare=False)
 
     @property
     def is_internal(self) -> bool:
@@ -152,12 +156,14 @@ class MetadataImage:
         t.partitions[r.partition_id] = PartitionImage(
             r.partition_id, list(r.replicas), list(r.isr), r.leader, r.leader_epoch, r.partition_epoch
         )
+        t.version += 1
 
     def _apply_PartitionChangeRecord(self, r) -> None:
         t = self.topics_by_id.get(r.topic_id)
         p = t.partitions.get(r.partition_id) if t else None
         if p is None:
             return
+        t.version += 1
         if r.isr is not None:
             p.isr = list(r.isr)
         if r.replicas is not None:
