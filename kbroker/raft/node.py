@@ -379,7 +379,7 @@ class RaftNode:
         if req.cluster_id != self.cluster_id:
             self._send(req.replica_id, VoteResponse(req.correlation_id, INCONSISTENT_CLUSTER_ID, -1, self.epoch, False))
             return
-        if not req.pre_vote and req.replica_epoch > self.epoch:
+        if not req.pre_vote and req.replica_epoch > self.epoch and req.replica_id in self.voters:
             # A real vote at a higher epoch ends our epoch whatever we answer.
             self.quorum.to_unattached(req.replica_epoch, now)
             self._after_transition(now)
@@ -433,9 +433,16 @@ class RaftNode:
 
     # ------------------------------------------------- leader announcements
     def _send_begin_quorum(self, s: Leader, now: float) -> None:
-        for v in sorted(s.begin_pending):
+        # Besides voters that have not acknowledged the epoch yet, remind any
+        # voter that has stopped fetching: it may have moved on to a later
+        # epoch (a candidacy whose votes were lost) that pre-vote keeps it
+        # from announcing, and it can never follow us again; its FENCED
+        # answer is how we learn that epoch and step down.
+        quiet = now - self.config.fetch_timeout_ms
+        targets = s.begin_pending | {v for v, r in s.replicas.items() if r.last_fetch_ms < quiet}
+        for v in sorted(targets):
             self._request(v, lambda cid, v=v: BeginQuorumEpochRequest(cid, self.cluster_id, v, self.node_id, s.epoch))
-        s.begin_resend_at = now + self.config.request_timeout_ms if s.begin_pending else INF
+        s.begin_resend_at = now + (self.config.request_timeout_ms if s.begin_pending else self.config.fetch_timeout_ms)
 
     def _on_begin_quorum(self, req: BeginQuorumEpochRequest, now: float) -> None:
         if req.cluster_id != self.cluster_id:
@@ -479,9 +486,15 @@ class RaftNode:
 
     def _on_end_quorum(self, req: EndQuorumEpochRequest, now: float) -> None:
         s = self.state
-        if req.leader_epoch >= s.epoch and self.quorum.is_voter and req.cluster_id == self.cluster_id:
-            known_other_leader = req.leader_epoch == s.epoch and s.leader_id not in (None, req.leader_id)
-            if not known_other_leader and not isinstance(s, (Prospective, Candidate, Leader)):
+        if self.quorum.is_voter and req.cluster_id == self.cluster_id:
+            # A later epoch ends ours whatever we are; in our own epoch only
+            # those still waiting on that leader react (an election already
+            # under way carries on).
+            ours = req.leader_epoch == s.epoch and isinstance(s, (Follower, Unattached)) and s.leader_id in (
+                None,
+                req.leader_id,
+            )
+            if req.leader_epoch > s.epoch or ours:
                 succ = req.preferred_successors
                 if self.node_id in succ:
                     rank = succ.index(self.node_id)
@@ -522,7 +535,11 @@ class RaftNode:
             cur = self._current_leader()
             self._send(req.replica_id, FetchResponse(req.correlation_id, code, self.high_watermark, self.log.start_offset, cur))
             return
-        s.parked.pop(req.replica_id, None)  # a newer fetch supersedes a parked one
+        superseded = s.parked.pop(req.replica_id, None)
+        if superseded is not None:
+            # Answer rather than drop it: with reordering, the parked one may
+            # be the fetcher's current request and this one a stale copy.
+            self._answer_parked(s, superseded[0])
         self._answer_fetch(s, req, now, may_park=True)
 
     def _answer_fetch(self, s: Leader, req: FetchRequest, now: float, may_park: bool) -> None:

@@ -394,6 +394,13 @@ def initial_election(sim: Simulation) -> None:
 def leader_crash(sim: Simulation) -> None:
     leader = _stable(sim)
     sim.run_until(sim.now + sim.rng.uniform(0, 1000))
+    if sim.rng.random() < 0.5:
+        # A clean shutdown: the leader resigns (EndQuorumEpoch) and stops a moment later.
+        n = sim.nodes[leader]
+        if n.raft is not None:
+            n.raft.resign(sim.now)
+            sim._drain(n)
+        sim.run_until(sim.now + sim.rng.uniform(0, 50))
     sim.crash(leader)
     sim.expect_progress(_all(sim), PROGRESS_BOUND, "after the leader crashed")
     sim.run_until(sim.now + sim.rng.uniform(0, 3000))
