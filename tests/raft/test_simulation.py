@@ -1,6 +1,6 @@
 """Seeded simulations of the Raft quorum (see tests/raft/simulate.py for what is checked).
 
-Every scenario runs RAFT_SEEDS seeds (default 200) starting at RAFT_SEED_BASE
+Every scenario runs RAFT_SEEDS seeds (default 300) starting at RAFT_SEED_BASE
 (default 0); a failure lists each failing seed with the command that replays it.
 """
 
@@ -12,7 +12,7 @@ import pytest
 
 from .simulate import SCENARIOS, replay_command, run
 
-SEEDS = int(os.environ.get("RAFT_SEEDS", "200"))
+SEEDS = int(os.environ.get("RAFT_SEEDS", "300"))
 BASE = int(os.environ.get("RAFT_SEED_BASE", "0"))
 
 
