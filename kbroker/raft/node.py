@@ -289,6 +289,10 @@ class RaftNode:
         self.state.pending[cid] = dest
         self._send(dest, build(cid))
 
+    def _cluster_ok(self, req) -> bool:
+        # As Kafka: a request without a cluster id (older versions) is accepted.
+        return req.cluster_id is None or req.cluster_id == self.cluster_id
+
     def _current_leader(self) -> LeaderIdAndEpoch:
         # Only a leader that is actually leading is advertised: a Resigned or
         # a timed-out node would otherwise send others back to a dead leader.
@@ -376,7 +380,7 @@ class RaftNode:
         return (last_epoch, end) >= (self.log.last_epoch, self.log.end_offset)
 
     def _on_vote(self, req: VoteRequest, now: float) -> None:
-        if req.cluster_id != self.cluster_id:
+        if not self._cluster_ok(req):
             self._send(req.replica_id, VoteResponse(req.correlation_id, INCONSISTENT_CLUSTER_ID, -1, self.epoch, False))
             return
         if not req.pre_vote and req.replica_epoch > self.epoch and req.replica_id in self.voters:
@@ -445,7 +449,7 @@ class RaftNode:
         s.begin_resend_at = now + (self.config.request_timeout_ms if s.begin_pending else self.config.fetch_timeout_ms)
 
     def _on_begin_quorum(self, req: BeginQuorumEpochRequest, now: float) -> None:
-        if req.cluster_id != self.cluster_id:
+        if not self._cluster_ok(req):
             self._send(req.leader_id, BeginQuorumEpochResponse(req.correlation_id, INCONSISTENT_CLUSTER_ID, -1, self.epoch))
             return
         if req.leader_epoch < self.epoch:
@@ -486,7 +490,7 @@ class RaftNode:
 
     def _on_end_quorum(self, req: EndQuorumEpochRequest, now: float) -> None:
         s = self.state
-        if self.quorum.is_voter and req.cluster_id == self.cluster_id:
+        if self.quorum.is_voter and self._cluster_ok(req):
             # A later epoch ends ours whatever we are; in our own epoch only
             # those still waiting on that leader react (an election already
             # under way carries on).
@@ -523,7 +527,7 @@ class RaftNode:
 
     def _on_fetch(self, req: FetchRequest, now: float) -> None:
         s = self.state
-        if req.cluster_id != self.cluster_id:
+        if not self._cluster_ok(req):
             cur = self._current_leader()
             self._send(req.replica_id, FetchResponse(req.correlation_id, INCONSISTENT_CLUSTER_ID, -1, -1, cur))
             return

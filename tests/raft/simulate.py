@@ -133,8 +133,7 @@ class Simulation:
         n.raft = RaftNode(i, self.voter_ids, n.log, n.store, rng=random.Random(self.rng.randrange(1 << 32)),
                           now_ms=self.now, config=self.config)
         n.hw = n.raft.high_watermark
-        n.checked = max(n.checked, n.log.start_offset) if n.checked <= n.hw else n.hw
-        n.checked = n.hw
+        n.checked = n.hw  # what lies above is compared again as the new incarnation commits it
         n.scheduled = float("inf")
         self.log_trace(f"node {i} starts (incarnation {n.incarnation})")
         self._drain(n)

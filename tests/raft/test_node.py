@@ -232,3 +232,10 @@ def test_a_leader_cut_off_from_the_majority_resigns_after_the_check_quorum_timeo
     assert n.role == "resigned"
     ends = [m for _, m in n.take_messages()]
     assert {type(m).__name__ for m in ends} == {"EndQuorumEpochRequest"}
+
+
+def test_requests_from_another_cluster_are_refused():
+    n = RaftNode(2, (1, 2, 3), MemoryRaftLog(), MemoryQuorumStateStore(), rng=random.Random(0), now_ms=0, cluster_id="A")
+    n.handle(VoteRequest(1, "B", 2, 4, 1, 0, 0, False), 0)
+    (_, resp), = n.take_messages()
+    assert resp.error_code == 104 and not resp.vote_granted and n.epoch == 0
