@@ -208,7 +208,7 @@ class RaftNode:
             for rid, (req, deadline) in list(s.parked.items()):
                 if now >= deadline:
                     del s.parked[rid]
-                    self._answer_fetch(s, req, now, may_park=False)
+                    self._answer_parked(s, req)  # validated and counted when it arrived
             if now >= s.begin_resend_at:
                 self._send_begin_quorum(s, now)
         elif isinstance(s, Resigned):
