@@ -171,7 +171,9 @@ class MemoryRaftLog:
     def take_snapshot(self, snapshot: Snapshot) -> None:
         end = snapshot.snapshot_id.end_offset
         if not (self._start < end <= self.end_offset) or self.epoch_of(end - 1) != snapshot.snapshot_id.epoch:
-            raise ValueError(f"snapshot {snapshot.snapshot_id} does not match the log [{self._start}, {self.end_offset})")
+            raise ValueError(
+                f"snapshot {snapshot.snapshot_id} does not match the log [{self._start}, {self.end_offset})"
+            )
         self._drop_prefix(snapshot)
 
     def install_snapshot(self, snapshot: Snapshot) -> None:

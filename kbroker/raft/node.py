@@ -450,11 +450,13 @@ class RaftNode:
 
     def _on_begin_quorum(self, req: BeginQuorumEpochRequest, now: float) -> None:
         if not self._cluster_ok(req):
-            self._send(req.leader_id, BeginQuorumEpochResponse(req.correlation_id, INCONSISTENT_CLUSTER_ID, -1, self.epoch))
+            resp = BeginQuorumEpochResponse(req.correlation_id, INCONSISTENT_CLUSTER_ID, -1, self.epoch)
+            self._send(req.leader_id, resp)
             return
         if req.leader_epoch < self.epoch:
             cur = self._current_leader()
-            self._send(req.leader_id, BeginQuorumEpochResponse(req.correlation_id, FENCED_LEADER_EPOCH, cur.leader_id, cur.leader_epoch))
+            resp = BeginQuorumEpochResponse(req.correlation_id, FENCED_LEADER_EPOCH, cur.leader_id, cur.leader_epoch)
+            self._send(req.leader_id, resp)
             return
         self._observe_epoch(req.leader_epoch, req.leader_id, now)
         s = self.state
@@ -502,7 +504,9 @@ class RaftNode:
                 succ = req.preferred_successors
                 if self.node_id in succ:
                     rank = succ.index(self.node_id)
-                    delay = 0 if rank == 0 else self.config.election_backoff_max_ms * rank / len(succ) + self.quorum.backoff(1)
+                    # The first successor stands at once, the others one step of the backoff later each.
+                    step = self.config.election_backoff_max_ms / len(succ)
+                    delay = 0 if rank == 0 else step * rank + self.quorum.backoff(1)
                 else:
                     delay = None  # a full election timeout
                 self.quorum.to_unattached(req.leader_epoch, now, delay)
@@ -537,7 +541,8 @@ class RaftNode:
         if req.current_leader_epoch != s.epoch:
             code = FENCED_LEADER_EPOCH if req.current_leader_epoch < s.epoch else UNKNOWN_LEADER_EPOCH
             cur = self._current_leader()
-            self._send(req.replica_id, FetchResponse(req.correlation_id, code, self.high_watermark, self.log.start_offset, cur))
+            resp = FetchResponse(req.correlation_id, code, self.high_watermark, self.log.start_offset, cur)
+            self._send(req.replica_id, resp)
             return
         superseded = s.parked.pop(req.replica_id, None)
         if superseded is not None:

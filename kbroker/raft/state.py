@@ -40,7 +40,7 @@ The roles, and the arrows :class:`QuorumState` allows::
 from __future__ import annotations
 
 import random as _random
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 from .store import ElectionState, QuorumStateStore

@@ -57,7 +57,6 @@ from kbroker.raft import (
     RoleChanged,
     SnapshotLoaded,
 )
-from kbroker.raft.log import Snapshot
 
 
 class InvariantViolation(AssertionError):

@@ -191,9 +191,8 @@ def test_leader_answers_a_diverging_fetch_with_the_epoch_end_and_the_follower_tr
     follower.handle(BeginQuorumEpochRequest(1, None, 2, 1, leader.epoch), 0)
     fetch = [m for _, m in follower.take_messages() if isinstance(m, FetchRequest)][0]
     assert (fetch.fetch_offset, fetch.last_fetched_epoch) == (4, 2)
-    follower.handle(
-        FetchResponse(fetch.correlation_id, 0, 0, 0, LeaderIdAndEpoch(1, leader.epoch), diverging_epoch=resp.diverging_epoch), 1
-    )
+    current = LeaderIdAndEpoch(1, leader.epoch)
+    follower.handle(FetchResponse(fetch.correlation_id, 0, 0, 0, current, diverging_epoch=resp.diverging_epoch), 1)
     assert follower.log.end_offset == 2
     again = [m for _, m in follower.take_messages() if isinstance(m, FetchRequest)][0]
     assert (again.fetch_offset, again.last_fetched_epoch) == (2, 1)
@@ -219,7 +218,8 @@ def test_a_fetch_below_the_log_start_is_answered_with_the_snapshot_and_fetch_sna
     observer.handle(FetchResponse(fetch.correlation_id, 0, 5, 4, LeaderIdAndEpoch(1, leader.epoch), snapshot_id=sid), 1)
     (_, req), = observer.take_messages()
     assert isinstance(req, FetchSnapshotRequest)
-    observer.handle(FetchSnapshotResponse(req.correlation_id, 0, sid, LeaderIdAndEpoch(1, leader.epoch), 7, 0, b"state@4"), 2)
+    current = LeaderIdAndEpoch(1, leader.epoch)
+    observer.handle(FetchSnapshotResponse(req.correlation_id, 0, sid, current, 7, 0, b"state@4"), 2)
     assert observer.log.latest_snapshot.blob == b"state@4"
     assert (observer.log.start_offset, observer.high_watermark) == (4, 4)
 
@@ -235,7 +235,8 @@ def test_a_leader_cut_off_from_the_majority_resigns_after_the_check_quorum_timeo
 
 
 def test_requests_from_another_cluster_are_refused():
-    n = RaftNode(2, (1, 2, 3), MemoryRaftLog(), MemoryQuorumStateStore(), rng=random.Random(0), now_ms=0, cluster_id="A")
+    store = MemoryQuorumStateStore()
+    n = RaftNode(2, (1, 2, 3), MemoryRaftLog(), store, rng=random.Random(0), now_ms=0, cluster_id="A")
     n.handle(VoteRequest(1, "B", 2, 4, 1, 0, 0, False), 0)
     (_, resp), = n.take_messages()
     assert resp.error_code == 104 and not resp.vote_granted and n.epoch == 0
