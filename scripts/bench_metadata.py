@@ -13,6 +13,10 @@ measures, one target after the other on the same machine:
     of 200 partitions would cost as much as the broker's encode); the first answer is
     decoded once to check it lists every topic.
 
+(a2) the same v12 loop while a second connection keeps changing the image (creates and
+    deletes one scratch topic, back to back): the cluster-change storm, where every answer
+    may follow a new image version.  Prints answers/s and how many changes were made.
+
 (b) new-client latency: --clients times, a raw client connects, sends ApiVersions v3,
     Metadata for one topic, and one Produce (acks=1, one small record), and closes;
     prints the median and p99 of connect -> produce answer.
@@ -22,7 +26,7 @@ measures, one target after the other on the same machine:
 
 No asserts: it prints numbers.  Compare ratios from one run; the machine is shared.
 
-    python scripts/bench_metadata.py [--seconds 5] [--clients 200] [--confluent 20] [--no-peers]
+    python scripts/bench_metadata.py [--seconds 5] [--clients 200] [--confluent 20] [--no-peers] [--no-churn]
 """
 
 from __future__ import annotations
@@ -217,6 +221,36 @@ def metadata_loop(port: int, pid: int, version: int, seconds: float, expect_topi
     return n / elapsed, cpu * 1000 / n
 
 
+def metadata_loop_under_churn(port: int, pid: int, vers, seconds: float, expect_topics: int):
+    """(answers/s, broker CPU ms per answer, image changes made) with a writer churning a topic."""
+    import threading
+
+    stop = threading.Event()
+    changes = [0]
+    cv = pick(vers.get(ApiKey.CREATE_TOPICS), 7)
+    dv = pick(vers.get(ApiKey.DELETE_TOPICS), 6)
+
+    def churn():
+        c = Raw(port)
+        while not stop.is_set():
+            c.call(ApiKey.CREATE_TOPICS, cv, {
+                "topics": [{"name": "md-bench-churn", "num_partitions": 4, "replication_factor": 1,
+                            "assignments": [], "configs": []}], "timeout_ms": 30000, "validate_only": False})
+            which = {"topics": [{"name": "md-bench-churn"}]} if dv >= 6 else {"topic_names": ["md-bench-churn"]}
+            c.call(ApiKey.DELETE_TOPICS, dv, {**which, "timeout_ms": 30000})
+            changes[0] += 2
+        c.close()
+
+    t = threading.Thread(target=churn, daemon=True)
+    t.start()
+    try:
+        rate, cpu = metadata_loop(port, pid, 12, seconds, expect_topics)
+    finally:
+        stop.set()
+        t.join()
+    return rate, cpu, changes[0]
+
+
 def new_clients(port: int, vers, topic: str, partitions: int, count: int) -> list[float]:
     """Milliseconds from connect to the first Produce answer, one fresh connection each."""
     mv = pick(vers.get(ApiKey.METADATA), 12)
@@ -274,6 +308,7 @@ def main() -> None:
     ap.add_argument("--clients", type=int, default=200, help="raw new clients")
     ap.add_argument("--confluent", type=int, default=0, help="confluent-kafka new clients (0: skip)")
     ap.add_argument("--no-peers", action="store_true", help="measure kbroker only")
+    ap.add_argument("--no-churn", action="store_true", help="skip the loop under image changes")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="bench-metadata-"))
     starters = [start_kbroker] + ([] if args.no_peers else [start_tansu])
@@ -294,6 +329,8 @@ def main() -> None:
                         row[f"v{v}"] = None
                         continue
                     row[f"v{v}"] = metadata_loop(port, proc.pid, v, args.seconds, args.topics)
+                if not args.no_churn:
+                    row["churn"] = metadata_loop_under_churn(port, proc.pid, vers, args.seconds, args.topics)
                 row["raw"] = new_clients(port, vers, names[0], args.partitions, args.clients)
                 if args.confluent:
                     row["confluent"] = confluent_clients(port, names[1], args.confluent)
@@ -313,6 +350,10 @@ def main() -> None:
                 print(f"  Metadata v{v:<2} all topics: not served")
             else:
                 print(f"  Metadata v{v:<2} all topics: {r[0]:8.0f} answers/s   broker CPU {r[1]:.3f} ms/answer")
+        if "churn" in row:
+            r = row["churn"]
+            print(f"  Metadata v12 all topics, image changing: {r[0]:8.0f} answers/s   broker CPU {r[1]:.3f} ms/answer"
+                  f"   ({r[2]} topic creations/deletions meanwhile)")
         raw = row["raw"]
         print(f"  new raw client -> produce answer ({len(raw)}): median {statistics.median(raw):6.2f} ms   "
               f"p99 {pct(raw, 99):6.2f} ms")

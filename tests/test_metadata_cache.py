@@ -308,3 +308,19 @@ async def test_a_change_re_encodes_only_the_topic_it_touches(broker, client):
     assert r.responses[0].error_code == 0
     assert "b" not in await topics(client)
     assert set(md.encoded(broker.image).entries[layout]) == set(broker.image.topics_by_id)
+
+
+async def test_a_huge_request_answers_misses_plainly_and_hits_from_the_cache(broker, client):
+    """Over FILL_LIMIT names, uncached entries are not encoded on the event loop (white box)."""
+    for name in ("k1", "k2"):
+        await create_topic(client, name, partitions=2)
+    await client.call(ApiKey.METADATA, 12, {"topics": [{"name": "k1"}], "allow_auto_topic_creation": False})
+    layout = (12, md.UNKNOWN_OPERATIONS)
+    names = ["k1", "k2"] + [f"unknown-{i}" for i in range(md.FILL_LIMIT)]
+    r = await client.call(ApiKey.METADATA, 12, {"topics": [{"name": n} for n in names],
+                                                "allow_auto_topic_creation": False})
+    assert [t.name for t in r.topics] == names
+    assert [len(t.partitions) for t in r.topics[:2]] == [2, 2]
+    assert {t.error_code for t in r.topics[2:]} == {ErrorCode.UNKNOWN_TOPIC_OR_PARTITION}
+    cached = md.encoded(broker.image).entries[layout]
+    assert topic_id(broker, "k1") in cached and topic_id(broker, "k2") not in cached

@@ -53,6 +53,10 @@ UNKNOWN_OPERATIONS = -2147483648
 INTERNAL_TOPICS = frozenset({"__consumer_offsets", "__transaction_state", "__share_group_state"})
 CLUSTER_OPERATIONS_BITS = operations_bitfield(CLUSTER_OPERATIONS)
 RESPONSE = response_schema(ApiKey.METADATA)
+# A request naming more topics than this leaves what is not cached yet as plain
+# entries (the server encodes the answer to such a large request off the event
+# loop); the server decodes requests of up to 1,000 elements inline.
+FILL_LIMIT = 1_000
 
 
 def broker_list(image) -> list[dict]:
@@ -117,10 +121,13 @@ class _Encoded:
             self.brokers = {}
         return self
 
-    def topic(self, image, t, api_version: int, ops: int) -> EncodedElements:
+    def topic(self, image, t, api_version: int, ops: int, fill: bool = True):
+        """The topic's encoded entry; on a miss with ``fill`` False, its plain entry (see _requested)."""
         entries = self.entries.setdefault((api_version, ops), {})
         hit = entries.get(t.topic_id)
         if hit is None or hit[0] is not t or hit[1] != t.version:
+            if not fill:
+                return topic_entry(t, ops)
             if len(entries) > 2 * len(image.topics) + 64:
                 # Deleted topics' entries are otherwise only dropped by the next all-topics answer.
                 entries = self.entries[(api_version, ops)] = {
@@ -204,9 +211,13 @@ async def _requested(broker, image, body, v: int, ops: int) -> SplicedElements:
 
     Known topics are spliced from the cache; errors stay plain entries, so a
     request naming a hundred thousand unknown topics is still encoded with
-    the rest of its answer (off the event loop when it is that large).
+    the rest of its answer (off the event loop when it is that large).  For
+    the same reason a request naming more than :data:`FILL_LIMIT` topics does
+    not fill the cache: its misses stay plain entries too, rather than
+    encoding thousands of entries here, on the event loop.
     """
     cache = encoded(image)
+    fill = len(body.topics) <= FILL_LIMIT
     topics = SplicedElements()
     to_create = []
     for req in body.topics:
@@ -216,11 +227,11 @@ async def _requested(broker, image, body, v: int, ops: int) -> SplicedElements:
             if t is None:
                 topics.append(_error_entry(ErrorCode.UNKNOWN_TOPIC_ID, None, ops, req.topic_id))
             else:
-                topics.append(cache.topic(image, t, v, ops))
+                topics.append(cache.topic(image, t, v, ops, fill))
             continue
         t = image.topics.get(name)
         if t is not None:
-            topics.append(cache.topic(image, t, v, ops))
+            topics.append(cache.topic(image, t, v, ops, fill))
             continue
         if topic_name_error(name or ""):
             topics.append(_error_entry(ErrorCode.INVALID_TOPIC_EXCEPTION, name, ops))
@@ -238,7 +249,7 @@ async def _requested(broker, image, body, v: int, ops: int) -> SplicedElements:
             if isinstance(item, str):
                 t = image.topics.get(item)
                 if t is not None:
-                    topics[i] = cache.topic(image, t, v, ops)
+                    topics[i] = cache.topic(image, t, v, ops, fill)
                 else:
                     r = errors.get(item)
                     code = (r.error if r is not None and r.error != ErrorCode.TOPIC_ALREADY_EXISTS
