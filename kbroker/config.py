@@ -557,6 +557,11 @@ BROKER_CONFIGS: dict[str, ConfigDef] = _defs(
     C("producer.id.expiration.ms", "int", 86400000, _pos, CLUSTER_WIDE),
     C("transaction.abort.timed.out.transaction.cleanup.interval.ms", "int", 10000, _pos),
     C("transaction.remove.expired.transaction.cleanup.interval.ms", "int", 3600000, _pos),
+    # --- share groups (KIP-932): named in Kafka 4's stock server.properties ---
+    C("share.coordinator.state.topic.replication.factor", "short", 3, _pos, effective=False,
+      note="share groups are not supported"),
+    C("share.coordinator.state.topic.min.isr", "short", 2, _pos, effective=False,
+      note="share groups are not supported"),
     # --- security / plug-ins: accepted only when unset or harmless ---
     C("ssl.keystore.password", "password", None, mode=PER_BROKER, effective=False,
       note="TLS is not supported yet"),

@@ -531,3 +531,38 @@ def test_three_kafka_node_files_load(tmp_path):
         assert c.node_id == n and len(c.quorum_voters) == 3
         assert c.controller_listeners == [Listener("CONTROLLER", "", n * 10000 + 9093)]
         assert "nodes" in c.unsupported_cluster()
+
+
+_STOCK_COMMON = (
+    "num.network.threads=3\nnum.io.threads=8\nsocket.send.buffer.bytes=102400\n"
+    "socket.receive.buffer.bytes=102400\nsocket.request.max.bytes=104857600\nnum.partitions=1\n"
+    "num.recovery.threads.per.data.dir=1\noffsets.topic.replication.factor=1\n"
+    "transaction.state.log.replication.factor=1\ntransaction.state.log.min.isr=1\n"
+    "share.coordinator.state.topic.replication.factor=1\nshare.coordinator.state.topic.min.isr=1\n"
+    "log.retention.hours=168\nlog.segment.bytes=1073741824\nlog.retention.check.interval.ms=300000\n"
+)
+
+
+@pytest.mark.parametrize("text, runs", [
+    # Kafka 4's config/server.properties (combined, KIP-853 bootstrap server = itself)
+    ("process.roles=broker,controller\nnode.id=1\ncontroller.quorum.bootstrap.servers=localhost:9093\n"
+     "listeners=PLAINTEXT://:9092,CONTROLLER://:9093\ninter.broker.listener.name=PLAINTEXT\n"
+     "advertised.listeners=PLAINTEXT://localhost:9092,CONTROLLER://localhost:9093\n"
+     "controller.listener.names=CONTROLLER\nlistener.security.protocol.map=CONTROLLER:PLAINTEXT,"
+     "PLAINTEXT:PLAINTEXT,SSL:SSL,SASL_PLAINTEXT:SASL_PLAINTEXT,SASL_SSL:SASL_SSL\n"
+     "log.dirs=/tmp/kraft-combined-logs\n", True),
+    # its broker.properties and controller.properties
+    ("process.roles=broker\nnode.id=2\ncontroller.quorum.bootstrap.servers=localhost:9093\n"
+     "listeners=PLAINTEXT://localhost:9092\ninter.broker.listener.name=PLAINTEXT\n"
+     "advertised.listeners=PLAINTEXT://localhost:9092\ncontroller.listener.names=CONTROLLER\n"
+     "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,SSL:SSL,"
+     "SASL_PLAINTEXT:SASL_PLAINTEXT,SASL_SSL:SASL_SSL\nlog.dirs=/tmp/kraft-broker-logs\n", False),
+    ("process.roles=controller\nnode.id=1\ncontroller.quorum.bootstrap.servers=localhost:9093\n"
+     "listeners=CONTROLLER://:9093\nadvertised.listeners=CONTROLLER://localhost:9093\n"
+     "controller.listener.names=CONTROLLER\nlog.dirs=/tmp/kraft-controller-logs\n", False),
+])
+def test_kafkas_stock_kraft_files_load(tmp_path, text, runs):
+    p = tmp_path / "server.properties"
+    p.write_text(text + _STOCK_COMMON)
+    c = Config.load(str(p), [])
+    assert (c.unsupported_cluster() is None) == runs
