@@ -201,3 +201,11 @@ def test_first_start_still_creates_meta_properties(tmp_path):
     os.makedirs(tmp_path / "x")
     assert metadata_log.read_or_create_meta_properties(str(tmp_path / "x"), 1, CLUSTER) == CLUSTER
     assert meta(tmp_path / "x")["cluster.id"] == CLUSTER
+
+
+def test_an_unwritable_directory_is_reported(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    assert fmt("-t", CLUSTER, "--override", f"log.dirs={blocker}/data") == 1
+    assert capsys.readouterr().err.strip() == (
+        f"kbroker: cannot read {blocker}/data/meta.properties: Not a directory")
