@@ -26,7 +26,6 @@ from protocol import ApiKey, ErrorCode, RequestHeader, encode_response
 from test_server import Client, create_topic, make_config, start
 
 VERSIONS = (12, 1)
-ALL = {"topics": None}
 
 
 def all_topics(version: int) -> dict:

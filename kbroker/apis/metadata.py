@@ -71,6 +71,11 @@ def broker_list(image) -> list[dict]:
 
 
 def topic_entry(t, ops: int = UNKNOWN_OPERATIONS) -> dict:
+    """One topic's entry as plain values: what the cache encodes, and the reference its tests compare with.
+
+    It depends on the topic alone (name, id, partitions), which is what lets
+    an entry be kept across changes to other topics.
+    """
     parts = []
     for p in sorted(t.partitions.values(), key=lambda p: p.partition_id):
         parts.append(
@@ -125,15 +130,14 @@ class _Encoded:
         """The topic's encoded entry; on a miss with ``fill`` False, its plain entry (see _requested)."""
         entries = self.entries.setdefault((api_version, ops), {})
         hit = entries.get(t.topic_id)
-        if hit is None or hit[0] is not t or hit[1] != t.version:
+        if not _current(hit, t):
             if not fill:
                 return topic_entry(t, ops)
             if len(entries) > 2 * len(image.topics) + 64:
                 # Deleted topics' entries are otherwise only dropped by the next all-topics answer.
                 entries = self.entries[(api_version, ops)] = {
                     k: e for k, e in entries.items() if image.topics_by_id.get(k) is e[0]}
-            hit = (t, t.version, RESPONSE.encode_elements(api_version, "topics", [topic_entry(t, ops)]))
-            entries[t.topic_id] = hit
+            hit = entries[t.topic_id] = _encode_topic(t, api_version, ops)
         return hit[2]
 
     def every_topic(self, image, api_version: int, ops: int) -> EncodedElements:
@@ -144,9 +148,7 @@ class _Encoded:
             fresh = {}
             for t in image.topics.values():
                 hit = old.get(t.topic_id)
-                if hit is None or hit[0] is not t or hit[1] != t.version:
-                    hit = (t, t.version, RESPONSE.encode_elements(api_version, "topics", [topic_entry(t, ops)]))
-                fresh[t.topic_id] = hit
+                fresh[t.topic_id] = hit if _current(hit, t) else _encode_topic(t, api_version, ops)
             self.entries[key] = fresh  # and so deleted topics' entries go
             element = RESPONSE.array_field(api_version, "topics").element
             enc = EncodedElements.concat(element, [hit[2] for hit in fresh.values()])
@@ -160,6 +162,15 @@ class _Encoded:
             enc = RESPONSE.encode_elements(api_version, "brokers", broker_list(image))
             self.brokers[key] = enc
         return enc
+
+
+def _current(hit, t) -> bool:
+    """Whether a cached (topic, version, entry) was encoded from ``t`` as it is now."""
+    return hit is not None and hit[0] is t and hit[1] == t.version
+
+
+def _encode_topic(t, api_version: int, ops: int) -> tuple:
+    return t, t.version, RESPONSE.encode_elements(api_version, "topics", [topic_entry(t, ops)])
 
 
 # One cache per image object (a test may run several brokers in a process;
