@@ -41,6 +41,7 @@ Replay a seed (``-v`` prints every delivery and transition)::
 from __future__ import annotations
 
 import argparse
+import hashlib
 import heapq
 import random
 import sys
@@ -279,7 +280,9 @@ class Simulation:
         if offset != len(self.committed):
             self.fail(f"node {n.id} commits offset {offset} with a gap (committed up to {len(self.committed)})")
         self.committed.append((epoch, payload))
-        self.prefix_digest.append(hash((self.prefix_digest[-1], epoch, payload)))
+        # A chained digest, not hash(): str hashes change between processes and a replay must print the same.
+        link = f"{self.prefix_digest[-1]}|{epoch}|{payload!r}".encode()
+        self.prefix_digest.append(int.from_bytes(hashlib.blake2b(link, digest_size=8).digest(), "big"))
 
     def snapshot_blob(self, end: int) -> bytes:
         return f"{end}:{self.prefix_digest[end]}".encode()
