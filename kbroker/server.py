@@ -208,7 +208,7 @@ class Connection:
         except ProtocolError:
             log.exception("cannot encode the response to %s v%d", header.api_key, header.api_version)
             raise _Closed from None
-        for chunk in chunks:
+        for chunk in _coalesce(chunks):
             view = memoryview(chunk)
             for start in range(0, len(view), SEND_SLICE):
                 with trio.move_on_at(self._deadline()) as scope:
@@ -219,6 +219,32 @@ class Connection:
 
 
 _FALLBACK = object()
+COALESCE_BELOW = 64 * 1024
+
+
+def _coalesce(chunks):
+    """The encoder's chunks with runs of small ones joined into one buffer.
+
+    An answer is encoded as a list of pieces so that record data can be sent
+    by reference; but one send per small piece costs a system call each (a
+    Metadata answer is a few of them), which dominated a client's Metadata
+    loop.  Small pieces are copied together, large ones still go out as the
+    views they are.
+    """
+    pending = bytearray()
+    for chunk in chunks:
+        if len(chunk) < COALESCE_BELOW:
+            pending += chunk
+            if len(pending) >= COALESCE_BELOW:
+                yield pending
+                pending = bytearray()
+            continue
+        if pending:
+            yield pending
+            pending = bytearray()
+        yield chunk
+    if pending:
+        yield pending
 
 # A routine end of a connection: the peer reset it, went away mid-write, or
 # the socket failed under us.  Logged at debug, never more.
