@@ -57,6 +57,7 @@ from kbroker.raft import (
     RaftNode,
     RoleChanged,
     SnapshotLoaded,
+    VoteResponse,
 )
 
 
@@ -114,6 +115,7 @@ class Simulation:
         self.proposal_seq = 0
         self.snapshots_loaded = 0
         self.events = 0
+        self.crash_after_vote = 0.0  # probability that a voter restarts right after granting a vote
         self.recoveries: list[tuple[str, float]] = []  # (what, simulated ms until progress)
         self._first_commit_since: dict[float, int] = {}
         self._scan_from: dict[float, int] = {}
@@ -147,6 +149,11 @@ class Simulation:
         n.raft = None
         n.scheduled = float("inf")
 
+    def _bounce(self, i: int) -> None:
+        if self.nodes[i].raft is not None:
+            self.crash(i)
+            self.start(i)
+
     def live(self) -> list[SimNode]:
         return [n for n in self.nodes.values() if n.raft is not None]
 
@@ -168,6 +175,15 @@ class Simulation:
             return
         for dest, msg in raft.take_messages():
             self._send(n.id, dest, msg)
+            if (
+                self.crash_after_vote
+                and isinstance(msg, VoteResponse)
+                and msg.vote_granted
+                and self.rng.random() < self.crash_after_vote
+            ):
+                # Crash the voter right after it voted and bring it straight
+                # back: only a persisted vote keeps it from voting again.
+                self.at(self.now, "call", lambda i=n.id: self._bounce(i))
         for ev in raft.take_events():
             self._on_event(n, ev)
         self._check_node(n)
@@ -491,6 +507,7 @@ def chaos(sim: Simulation) -> None:
     not persisted, or a leader that commits an earlier epoch's entry by
     counting replicas (the Raft paper's figure 8)."""
     sim.net = NetConfig(min_delay=1, max_delay=sim.rng.choice([20, 100, 300]), drop=0.05, duplicate=0.05)
+    sim.crash_after_vote = 0.3
     ids = list(sim.nodes)
     end = sim.rng.uniform(10000, 20000)
     while sim.now < end:
@@ -504,6 +521,7 @@ def chaos(sim: Simulation) -> None:
         if sim.nodes[i].raft is None:
             sim.start(i)
     sim.net = NetConfig(min_delay=1, max_delay=20, drop=0.0, duplicate=0.01)
+    sim.crash_after_vote = 0.0
     sim.expect_progress(_all(sim), PROGRESS_BOUND, "after the chaos stopped")
 
 
