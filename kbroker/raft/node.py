@@ -41,6 +41,19 @@ but never beyond what it has itself fetched and validated.
 A leader that has not heard from a majority within 1.5 fetch timeouts resigns
 (KIP-996's check-quorum): partitioned away, it stops accepting proposals it
 could never commit.
+
+Elections (the roles are in :mod:`kbroker.raft.state`): a voter whose timer
+runs out first asks for pre-votes; a voter grants one only if it has no live
+leader -- it is not a Follower that has actually fetched from its leader --
+and the asker's log is at least as up to date (last epoch, then end offset).
+A Vote answer names the leader only when the answering voter can vouch for
+it (it leads, or fetched from it), so nodes do not send each other back to a
+dead leader.  The leader announces its epoch with BeginQuorumEpoch, repeated
+until each voter acknowledges it, and again to any voter that stops fetching:
+such a voter may have moved to a later epoch that its own pre-votes cannot
+announce, and its FENCED answer is how the leader learns it must step down.
+Requests a node is waiting on are matched by correlation id within the
+current role only; duplicates and late answers fall through.
 """
 
 from __future__ import annotations
