@@ -240,3 +240,32 @@ def test_requests_from_another_cluster_are_refused():
     n.handle(VoteRequest(1, "B", 2, 4, 1, 0, 0, False), 0)
     (_, resp), = n.take_messages()
     assert resp.error_code == 104 and not resp.vote_granted and n.epoch == 0
+
+
+def test_a_restarted_leader_comes_back_resigned_and_followers_of_it_stop_waiting():
+    store, log = MemoryQuorumStateStore(), MemoryRaftLog()
+    n = node(store=store, log=log)
+    elect(n)
+    again = node(store=store, log=log, now=20_000)
+    assert again.role == "resigned" and again.epoch == n.epoch
+    # A follower fetching from it is told it no longer leads, and stops waiting on it.
+    f = node(node_id=2)
+    f.handle(BeginQuorumEpochRequest(1, None, 2, 1, n.epoch), 0)
+    fetch = [m for _, m in f.take_messages() if isinstance(m, FetchRequest)][0]
+    again.handle(fetch, 1)
+    (_, resp), = again.take_messages()
+    assert resp.error_code == 6 and resp.current_leader == LeaderIdAndEpoch(-1, n.epoch)
+    f.handle(resp, 2)
+    assert f.role == "unattached" and f.epoch == n.epoch
+
+
+def test_end_quorum_epoch_lets_the_first_preferred_successor_stand_at_once():
+    from kbroker.raft import EndQuorumEpochRequest
+
+    f = node(node_id=2)
+    f.handle(BeginQuorumEpochRequest(1, None, 2, 1, 3), 0)
+    f.take_messages()
+    f.handle(EndQuorumEpochRequest(7, None, 1, 3, (2, 3)), 100)
+    assert f.role == "unattached" and f.next_deadline() == 100
+    f.tick(100)
+    assert f.role == "prospective"
