@@ -269,3 +269,61 @@ def test_end_quorum_epoch_lets_the_first_preferred_successor_stand_at_once():
     assert f.role == "unattached" and f.next_deadline() == 100
     f.tick(100)
     assert f.role == "prospective"
+
+
+def test_figure_8_an_earlier_epoch_entry_on_a_majority_is_not_committed_and_may_be_replaced():
+    """The Raft paper's figure 8 with three voters, driven message by message."""
+    cfg = RaftConfig(max_fetch_entries=1)  # so the old entry travels without the new leader's marker
+
+    def voter(i, entries, state):
+        log, store = MemoryRaftLog(), MemoryQuorumStateStore()
+        log.append(Entry(o, e, p) for o, (e, p) in enumerate(entries))
+        store.write(state)
+        return RaftNode(i, (1, 2, 3), log, store, rng=random.Random(i), now_ms=0, config=cfg)
+
+    s1 = voter(1, [(1, "a"), (2, "x")], ElectionState(3, 3, None))  # led epoch 2, wrote x alone
+    s2 = voter(2, [(1, "a")], ElectionState(3, 3, None))
+    s3 = voter(3, [(1, "a"), (3, "y")], ElectionState(3, 3, 3))  # led epoch 3, wrote y alone
+    nodes = {1: s1, 2: s2, 3: s3}
+    for n in nodes.values():
+        n.take_messages()
+
+    def route(src, dst, now):
+        """Deliver src's messages for dst (dropping the rest); return how many."""
+        msgs = [m for d, m in src.take_messages() if d == dst.node_id]
+        for m in msgs:
+            dst.handle(m, now)
+        return len(msgs)
+
+    # S1 wins epoch 4 with S2's vote (its log, ending in epoch 2, is ahead of S2's).
+    s1.tick(s1.next_deadline())
+    route(s1, s2, 1), route(s2, s1, 2)  # pre-vote
+    route(s1, s2, 3), route(s2, s1, 4)  # vote
+    assert s1.role == "leader" and s1.epoch == 4
+    # S2 learns of the epoch and fetches x, one entry at a time.
+    route(s1, s2, 5)
+    while route(s2, s1, 6) and route(s1, s2, 7):
+        if s2.log.end_offset == 2:
+            break
+    assert s2.log.entries(1, 1)[0].payload == "x"
+    route(s2, s1, 8)  # S2 fetches from offset 2: x is on a majority now
+    assert s1.high_watermark < 2, "x is from epoch 2: counting replicas must not commit it"
+    # S1 dies.  S2 times out on it; S3 (last epoch 3) learns epoch 4 from S2, then wins epoch 5 with
+    # S2's vote -- S2's log ends in epoch 2, behind S3's -- and replaces x with y on S2.
+    now = s2.next_deadline()
+    s2.tick(now)
+    assert s2.role == "prospective"
+    s2.take_messages()
+    for _ in range(6):
+        if s3.role == "leader":
+            break
+        now = max(now, s3.next_deadline())
+        s3.tick(now)
+        route(s3, s2, now), route(s2, s3, now)
+        route(s3, s2, now), route(s2, s3, now)
+    assert s3.role == "leader" and s3.epoch == 5
+    for _ in range(10):
+        route(s3, s2, now)
+        route(s2, s3, now)
+    assert [e.payload for e in s2.log.entries(0, 10)][:2] == ["a", "y"]
+    assert s2.high_watermark >= 2
