@@ -33,6 +33,17 @@ Liveness: each scenario ends by healing the network and requiring, within a
 bound of simulated time, that a proposal made after the heal is committed and
 that every live node's high watermark reaches it.
 
+Every seed runs 3 voters (even seeds) or 5 (odd) plus one observer, Kafka's
+default timeouts, and a fetch size of 1, 3 or 64 entries; a client proposes
+to a random current leader every 200 ms.  Scenarios (``SCENARIOS``):
+initial election; leader crash (half the time after a graceful resign) and
+restart; partitioned leader; an isolated voter returning without disturbing
+the leader (pre-vote); minority/majority partition (the majority must make
+progress during it); heavy loss (20-40 % drops, 10 % duplicates); restarts
+with snapshots (never more than a minority down); chaos (any node crashes
+and comes back at once, including right after granting a vote, a majority may
+be down, slow lossy links, snapshots).
+
 Replay a seed (``-v`` prints every delivery and transition)::
 
     python -m tests.raft.simulate --scenario leader_crash --seed 1234 -v
