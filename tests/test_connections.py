@@ -14,10 +14,10 @@ import struct
 import pytest
 import trio
 
-from protocol import ApiKey, ErrorCode, decode_response, encode_request
+from protocol import ApiKey, ErrorCode, encode_request
 from protocol.records import encode_batch
 
-from test_server import Client, create_topic, make_config, produce_body, start
+from test_server import free_ports, Client, create_topic, make_config, produce_body, start
 
 
 @pytest.fixture
@@ -307,12 +307,7 @@ async def test_dynamic_max_connections_is_enforced(broker):
 
 
 async def test_metadata_answers_with_the_endpoints_of_the_requests_listener(tmp_path, nursery):
-    ports = []
-    for _ in range(2):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            ports.append(s.getsockname()[1])
-    a, b = ports
+    a, b = free_ports(2)
     config = make_config(
         tmp_path,
         **{

@@ -14,7 +14,6 @@ entries in every version.
 
 from __future__ import annotations
 
-import socket
 import uuid
 
 import pytest
@@ -23,7 +22,7 @@ import trio
 from kbroker.apis import metadata as md
 from kbroker.metadata.image import MetadataImage
 from protocol import ApiKey, ErrorCode, RequestHeader, encode_response
-from test_server import Client, create_topic, make_config, start
+from test_server import free_ports, Client, create_topic, make_config, start
 
 VERSIONS = (12, 1)
 
@@ -152,12 +151,7 @@ async def test_broker_registration_endpoints_and_fencing_show_at_once(broker, cl
 
 
 async def test_each_listener_gets_its_own_endpoints_from_a_warm_cache(tmp_path, nursery):
-    ports = []
-    for _ in range(2):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            ports.append(s.getsockname()[1])
-    a, b = ports
+    a, b = free_ports(2)
     await start(nursery, make_config(tmp_path, **{
         "listeners": f"PLAINTEXT://127.0.0.1:{a},EXTERNAL://127.0.0.1:{b}",
         "advertised.listeners": f"PLAINTEXT://internal.example:{a},EXTERNAL://localhost:{b}",

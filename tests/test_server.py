@@ -8,6 +8,7 @@ client would.
 
 from __future__ import annotations
 
+import socket
 import struct
 import uuid
 
@@ -23,6 +24,18 @@ from protocol.records import decode_records, encode_batch
 def make_config(tmp_path, **overrides):
     ov = {"listeners": "PLAINTEXT://127.0.0.1:0", "log.dirs": str(tmp_path / "data"), **overrides}
     return Config.load(None, [f"{k}={v}" for k, v in ov.items()])
+
+
+def free_ports(n: int) -> list[int]:
+    """Ports free right now (for listeners whose advertised port must be known in advance)."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
 
 
 class Client:

@@ -265,29 +265,14 @@ class RaftNode:
         return {self.node_id: me, **s.replicas, **s.observers}
 
     def handle(self, message: Message, now: float) -> None:
-        if isinstance(message, FetchRequest):
-            self._on_fetch(message, now)
-        elif isinstance(message, FetchResponse):
-            self._on_fetch_response(message, now)
-        elif isinstance(message, VoteRequest):
-            self._on_vote(message, now)
-        elif isinstance(message, VoteResponse):
-            self._on_vote_response(message, now)
-        elif isinstance(message, BeginQuorumEpochRequest):
-            self._on_begin_quorum(message, now)
-        elif isinstance(message, BeginQuorumEpochResponse):
-            self._on_begin_quorum_response(message, now)
-        elif isinstance(message, EndQuorumEpochRequest):
-            self._on_end_quorum(message, now)
-        elif isinstance(message, EndQuorumEpochResponse):
-            self.state.pending.pop(message.correlation_id, None)
-            self._observe_epoch(message.leader_epoch, message.leader_id, now)
-        elif isinstance(message, FetchSnapshotRequest):
-            self._on_fetch_snapshot(message, now)
-        elif isinstance(message, FetchSnapshotResponse):
-            self._on_fetch_snapshot_response(message, now)
-        else:
+        handler = _HANDLERS.get(type(message))
+        if handler is None:
             raise TypeError(f"not a Raft message: {message!r}")
+        handler(self, message, now)
+
+    def _on_end_quorum_response(self, message: EndQuorumEpochResponse, now: float) -> None:
+        self.state.pending.pop(message.correlation_id, None)
+        self._observe_epoch(message.leader_epoch, message.leader_id, now)
 
     # ------------------------------------------------------------ plumbing
     def _cid(self) -> int:
@@ -763,3 +748,18 @@ class RaftNode:
             self._events.append(SnapshotLoaded(sid.end_offset, sid.epoch))
             self._set_hw(sid.end_offset)
         self._send_fetch(s, now)
+
+
+# One handler per message type (the messages are plain dataclasses, never subclassed).
+_HANDLERS = {
+    FetchRequest: RaftNode._on_fetch,
+    FetchResponse: RaftNode._on_fetch_response,
+    VoteRequest: RaftNode._on_vote,
+    VoteResponse: RaftNode._on_vote_response,
+    BeginQuorumEpochRequest: RaftNode._on_begin_quorum,
+    BeginQuorumEpochResponse: RaftNode._on_begin_quorum_response,
+    EndQuorumEpochRequest: RaftNode._on_end_quorum,
+    EndQuorumEpochResponse: RaftNode._on_end_quorum_response,
+    FetchSnapshotRequest: RaftNode._on_fetch_snapshot,
+    FetchSnapshotResponse: RaftNode._on_fetch_snapshot_response,
+}
