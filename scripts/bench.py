@@ -148,7 +148,7 @@ def start_kbroker(tmp: Path) -> Target:
     startup = time.monotonic() - t0
     time.sleep(0.5)
     return Target("kbroker", f"127.0.0.1:{port}", proc.pid, startup, status_kb(proc.pid, "VmRSS"),
-                  lambda: _terminate(proc))
+                  lambda: terminate(proc))
 
 
 def start_tansu(tmp: Path) -> Optional[Target]:
@@ -165,14 +165,14 @@ def start_tansu(tmp: Path) -> Optional[Target]:
                             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=tmp,
                             env=dict(os.environ, TANSU_ARGS=os.environ.get("TANSU_ARGS", "")))
     if not wait_ready("127.0.0.1", port, t0 + 30, lambda: proc.poll() is None):
-        _terminate(proc)
+        terminate(proc)
         print("bench: skipping Tansu: it did not answer Metadata", file=sys.stderr)
         return None
     startup = time.monotonic() - t0
     time.sleep(0.5)
     # tansu.sh execs the binary, so the script's pid is the broker's.
     return Target("tansu", f"127.0.0.1:{port}", proc.pid, startup, status_kb(proc.pid, "VmRSS"),
-                  lambda: _terminate(proc))
+                  lambda: terminate(proc))
 
 
 def start_rdkafka_mock(tmp: Path) -> Optional[Target]:
@@ -183,18 +183,19 @@ def start_rdkafka_mock(tmp: Path) -> Optional[Target]:
                             stdin=subprocess.DEVNULL, text=True)
     line = proc.stdout.readline().strip() if proc.stdout else ""
     if not line.startswith("BOOTSTRAP="):
-        _terminate(proc)
+        terminate(proc)
         print("bench: skipping the rdkafka mock: no BOOTSTRAP line", file=sys.stderr)
         return None
     time.sleep(0.5)
     t = Target("rdkafka-mock", line.split("=", 1)[1].split(",")[0], proc.pid, None,
-               status_kb(proc.pid, "VmRSS"), lambda: _terminate(proc), create_topics=False)
+               status_kb(proc.pid, "VmRSS"), lambda: terminate(proc), create_topics=False)
     t.notes.append("rdkafka-mock keeps only ~5 MiB per partition and auto-creates topics with 4 partitions; "
                    "its CPU includes the client that hosts it")
     return t
 
 
-def _terminate(proc: subprocess.Popen) -> None:
+def terminate(proc: subprocess.Popen) -> None:
+    """SIGTERM, then SIGKILL if the process has not exited within 20 s (the other bench scripts use it too)."""
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
         try:

@@ -33,6 +33,8 @@ sys.path.insert(0, str(REPO))
 
 from protocol import ApiKey, FrameReader, decode_response, encode_request  # noqa: E402
 
+from bench import terminate  # noqa: E402  (scripts/ is on sys.path: this file's folder)
+
 
 class Conn:
     def __init__(self, port: int):
@@ -124,8 +126,7 @@ def main() -> None:
                 {"topics": [topic(f"created-{i}") for i in range(args.topics)], "timeout_ms": 30000,
                  "validate_only": False})
     finally:
-        proc.terminate()
-        proc.wait(30)
+        terminate(proc)
         shutil.rmtree(tmp, ignore_errors=True)
 
 

@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import signal
 import socket
 import statistics
 import struct
@@ -49,6 +48,8 @@ sys.path.insert(0, str(REPO))
 
 from protocol import ApiKey, decode_response, encode_request  # noqa: E402
 from protocol.records import encode_batch  # noqa: E402
+
+from bench import terminate  # noqa: E402  (scripts/ is on sys.path: this file's folder)
 
 PEERS = Path(os.environ.get("KBROKER_PEERS_DIR", "/work/shared/peers"))
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -138,20 +139,10 @@ def start_tansu(tmp: Path):
     try:
         wait_ready(port, proc)
     except SystemExit:
-        stop(proc)
+        terminate(proc)
         print("bench_metadata: Tansu did not start; measuring kbroker only", file=sys.stderr)
         return None
     return "tansu", port, proc
-
-
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
 
 
 def versions(port: int) -> dict[int, tuple[int, int]]:
@@ -336,7 +327,7 @@ def main() -> None:
                     row["confluent"] = confluent_clients(port, names[1], args.confluent)
                 rows.append(row)
             finally:
-                stop(proc)
+                terminate(proc)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
