@@ -248,7 +248,7 @@ def _coalesce(chunks):
 
 # A routine end of a connection: the peer reset it, went away mid-write, or
 # the socket failed under us.  Logged at debug, never more.
-_ROUTINE = (trio.BrokenResourceError, trio.ClosedResourceError, ConnectionError, OSError)
+_ROUTINE = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)  # OSError covers ConnectionError
 
 
 class Server:
