@@ -506,6 +506,7 @@ def test_kafka_python_two_members_split_then_resume(broker, make_topic):
     got: dict[int, list[Rec]] = {0: [], 1: []}
     failures: list = []
     uncommitted: set = set()
+    committed: dict[int, int] = {}  # partition -> next offset, from commits the broker accepted
 
     def new_consumer():
         c = KafkaConsumer(bootstrap_servers=broker.bootstrap, group_id=g, auto_offset_reset="earliest",
@@ -527,9 +528,16 @@ def test_kafka_python_two_members_split_then_resume(broker, make_topic):
                 while not stop.is_set():
                     batch = c.poll(timeout_ms=200)
                     recs = [Rec(r.partition, r.offset, r.key, r.value) for rs in batch.values() for r in rs]
+                    mine = {tp.partition for tp in c.assignment()}
+                    if not {r.partition for r in recs} <= mine:
+                        failures.append((i, f"read partitions {sorted({r.partition for r in recs})}, "
+                                            f"assigned {sorted(mine)}"))
                     if recs:
                         try:
                             c.commit()
+                            with lock:
+                                for r in recs:
+                                    committed[r.partition] = max(committed.get(r.partition, 0), r.offset + 1)
                         except (CommitFailedError, RebalanceInProgressError):
                             # A rebalance began after this poll (kafka-python's leader also
                             # rejoins when its topic metadata changes): the broker rightly
@@ -538,7 +546,7 @@ def test_kafka_python_two_members_split_then_resume(broker, make_topic):
                                 uncommitted.update(r.value for r in recs)
                     with lock:
                         got[i] += recs
-                        owned[i] = {tp.partition for tp in c.assignment()}
+                        owned[i] = mine
             finally:
                 c.close()
         except Exception as e:  # reported by the main thread
@@ -552,18 +560,26 @@ def test_kafka_python_two_members_split_then_resume(broker, make_topic):
         snapshot = lambda: (dict(owned), {i: len(v) for i, v in got.items()}, failures)  # noqa: E731
         wait_for("kafka-python: 2 members split 6 partitions", lambda: is_split(list(owned.values()), 6), 30,
                  describe=snapshot)
-        split = {i: set(s) for i, s in owned.items()}
         produce_confluent(broker.bootstrap, t.name, msgs)
-        wait_for("kafka-python: all messages consumed", lambda: sum(len(v) for v in got.values()) >= len(msgs)
-                 or failures, 30, describe=snapshot)
+        def consumed_and_committed():
+            # A refused commit leaves its records to be read and committed again by the
+            # partition's next owner; the resumed member below must find all of it committed.
+            with lock:
+                recs = got[0] + got[1]
+                if len({r.value for r in recs}) < len(msgs):
+                    return False
+                return all(committed.get(r.partition, 0) > r.offset for r in recs)
+        wait_for("kafka-python: all messages consumed and committed", lambda: consumed_and_committed() or failures,
+                 30, describe=lambda: (*snapshot(), dict(committed)))
     finally:
         stop.set()
         for th in threads:
             th.join(30)
     assert not failures, failures
     assert not any(th.is_alive() for th in threads), "a kafka-python member did not close"
-    for i in (0, 1):
-        assert {r.partition for r in got[i]} <= split[i], f"member {i} read partitions it did not own"
+    # Ownership is checked per poll above, not against the first split: kafka-python 3.0.12 can strand
+    # a member whose poll() timed out mid-join (its completed join is never consumed, so it stops
+    # heartbeating); the broker then rightly expires it and hands its partitions to the other member.
     check_exactly(msgs, got[0] + got[1], "kafka-python members", frozenset(uncommitted))
 
     more = make_messages(50, tag="more")
@@ -613,10 +629,12 @@ def test_aiokafka_two_members_split_then_resume(broker, make_topic):
                 while not stop.is_set():
                     batch = await c.getmany(timeout_ms=200)
                     recs = [Rec(r.partition, r.offset, r.key, r.value) for rs in batch.values() for r in rs]
+                    mine = {tp.partition for tp in c.assignment()}
+                    assert {r.partition for r in recs} <= mine, f"member {i} read partitions it was not assigned"
                     if recs:
                         await c.commit()
                     got[i] += recs
-                    owned[i] = {tp.partition for tp in c.assignment()}
+                    owned[i] = mine
             finally:
                 await c.stop()
 
@@ -632,8 +650,8 @@ def test_aiokafka_two_members_split_then_resume(broker, make_topic):
             stop.set()
             await asyncio.wait_for(asyncio.gather(*tasks), 30)
         assert is_split(list(split.values()), 6), split
-        for i in (0, 1):
-            assert {r.partition for r in got[i]} <= split[i], f"member {i} read partitions it did not own"
+        # Ownership is checked per getmany() above: under load a member can miss its session and
+        # the broker rightly moves its partitions to the other one.
         check_exactly(msgs, got[0] + got[1], "aiokafka members")
 
         await asyncio.to_thread(produce_confluent, broker.bootstrap, t.name, more)
