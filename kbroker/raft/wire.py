@@ -21,8 +21,10 @@ API
     Raises :class:`ValueError` when the body is not about exactly
     ``__cluster_metadata`` partition 0; answer such a request with
     :func:`error_body` (``INVALID_REQUEST``), as Kafka does.
-``response_to_kafka(msg, version) -> body`` and ``response_from_kafka(api_key, version, correlation_id, body) -> response``
-    The second raises :class:`ValueError` for a malformed answer (no error
+``response_to_kafka(msg, version) -> body``
+    For the request's API, in the request's version.
+``response_from_kafka(api_key, version, correlation_id, body) -> response``
+    Raises :class:`ValueError` for a malformed answer (no error
     and not exactly our partition); treat that as a lost message.
 ``error_response(request, error_code) -> response``
     The answer to a request the node cannot handle, naming no leader.
@@ -47,11 +49,13 @@ Choices that follow Kafka's KRaft client (``RaftUtil``/``KafkaRaftClient``)
 * Directory ids are the zero uuid ("no directory id", KIP-853) and endpoint
   lists are empty: a Kafka receiver then falls back to its configured voters.
 * A Fetch answer without divergence or snapshot carries ``-1/-1`` there (the
-  tagged field's default, so it is not even sent); an answer counts as
-  diverging or as pointing at a snapshot when *either* field differs from
-  -1, as in Kafka's ``FetchResponse.isDivergingEpoch``.  This matters: a
-  leader whose log has no epoch as old as the fetcher's says ``(-1, 0)``
-  ("truncate to 0"), which must not read as "no divergence".
+  tagged field's default, so it is not even sent).  We read an answer as
+  diverging, or as pointing at a snapshot, when *either* field differs from
+  -1.  Kafka's follower looks at the epoch alone (``epoch >= 0``), which is
+  enough for Kafka's leader: asked about an epoch older than its whole log,
+  it answers with that epoch and the log's first offset.  Our node answers
+  ``(-1, 0)`` there ("nothing that old: truncate to 0"), which must not read
+  as "no divergence".
 * ``INCONSISTENT_CLUSTER_ID`` and ``INVALID_REQUEST`` are about the request,
   not the partition, and Kafka reports them in the top-level error code; we
   set both there and in the partition (which keeps the leader and epoch our
@@ -332,7 +336,9 @@ def request_from_kafka(api_key: int, version: int, correlation_id: int, body: Ma
             bool(p["pre_vote"]),
         )
     if api == ApiKey.BEGIN_QUORUM_EPOCH:
-        return BeginQuorumEpochRequest(correlation_id, body["cluster_id"], body["voter_id"], p["leader_id"], p["leader_epoch"])
+        return BeginQuorumEpochRequest(
+            correlation_id, body["cluster_id"], body["voter_id"], p["leader_id"], p["leader_epoch"]
+        )
     if api == ApiKey.END_QUORUM_EPOCH:
         if version >= 1:
             successors = tuple(c["candidate_id"] for c in p["preferred_candidates"])
@@ -417,7 +423,8 @@ def _response_body(api: ApiKey, msg, version: int) -> dict:
         "position": msg.position,
         "unaligned_records": bytes(msg.unaligned_records),
     }
-    return {"throttle_time_ms": 0, "error_code": top, "topics": _nest(api, version, True, partition), "node_endpoints": []}
+    topics = _nest(api, version, True, partition)
+    return {"throttle_time_ms": 0, "error_code": top, "topics": topics, "node_endpoints": []}
 
 
 def _encode_records(entries, leader: LeaderIdAndEpoch) -> bytes:
