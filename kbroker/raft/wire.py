@@ -148,7 +148,8 @@ _NESTING: dict[ApiKey, tuple[tuple[str, str], tuple[str, str]]] = {
 
 
 def _nest(api: ApiKey, version: int, response: bool, partition: dict) -> list[dict]:
-    topics_field, index_field = _NESTING[api][response]
+    """The topics list (under ``topics``, or ``responses`` in a Fetch answer) holding ``partition`` alone."""
+    index_field = _NESTING[api][response][1]
     name_field, name = _topic_key(api, version)
     return [{name_field: name, "partitions": [{index_field: METADATA_PARTITION, **partition}]}]
 
