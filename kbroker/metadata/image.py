@@ -110,6 +110,75 @@ class MetadataImage:
     def live_brokers(self) -> list[BrokerImage]:
         return [b for b in self.brokers.values() if not b.fenced]
 
+    # -- writing a snapshot ------------------------------------------------------
+    def to_records(self) -> list[tuple[str, dict]]:
+        """The KRaft records that rebuild this image from an empty one: what a
+        metadata snapshot (``<offset>-<epoch>.checkpoint``) holds.
+
+        ``(schema name, body)`` pairs for
+        :func:`protocol.envelopes.encode_metadata_record`, in Kafka's snapshot
+        order: feature levels, brokers (each with its fenced flag), each topic
+        followed by its partitions, configs, then the producer id block.
+        Dict order is kept throughout, so replaying the records and writing
+        again gives the same list.  ``offset``, ``version`` and ``cluster_id``
+        are not metadata records and are not written.
+        """
+        records: list[tuple[str, dict]] = []
+        for name, level in self.features.items():
+            records.append(("FeatureLevelRecord", {"name": name, "feature_level": level}))
+        for b in self.brokers.values():
+            records.append(self._broker_record(b))
+        for t in self.topics.values():
+            records.append(("TopicRecord", {"name": t.name, "topic_id": t.topic_id}))
+            for p in t.partitions.values():
+                records.append(self._partition_record(t.topic_id, p))
+        for (rtype, rname), cfg in self.configs.items():
+            for cname, value in cfg.items():
+                records.append(
+                    ("ConfigRecord", {"resource_type": rtype, "resource_name": rname, "name": cname, "value": value})
+                )
+        if self.next_producer_id > 0:
+            # As Kafka's snapshot does: the block's owner is not part of the image.
+            records.append(
+                ("ProducerIdsRecord", {"broker_id": -1, "broker_epoch": -1, "next_producer_id": self.next_producer_id})
+            )
+        return records
+
+    @staticmethod
+    def _broker_record(b: BrokerImage) -> tuple[str, dict]:
+        return (
+            "RegisterBrokerRecord",
+            {
+                "broker_id": b.broker_id,
+                "incarnation_id": b.incarnation_id,
+                "broker_epoch": b.epoch,
+                "end_points": [
+                    {"name": e.name, "host": e.host, "port": e.port, "security_protocol": e.security_protocol}
+                    for e in b.endpoints
+                ],
+                "features": [],
+                "rack": b.rack,
+                "fenced": b.fenced,
+            },
+        )
+
+    @staticmethod
+    def _partition_record(topic_id: uuid.UUID, p: PartitionImage) -> tuple[str, dict]:
+        return (
+            "PartitionRecord",
+            {
+                "partition_id": p.partition_id,
+                "topic_id": topic_id,
+                "replicas": list(p.replicas),
+                "isr": list(p.isr),
+                "removing_replicas": [],
+                "adding_replicas": [],
+                "leader": p.leader,
+                "leader_epoch": p.leader_epoch,
+                "partition_epoch": p.partition_epoch,
+            },
+        )
+
     # -- applying records ------------------------------------------------------
     def apply(self, name: str, record, offset: int | None = None) -> None:
         """Apply one decoded KRaft record (``name`` is its schema name)."""
