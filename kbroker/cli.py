@@ -16,6 +16,12 @@ Two more commands do what ``kafka-storage.sh`` does:
     start.
 ``kbroker random-uuid``
     prints a new cluster id.
+
+And one to try a cluster on one machine:
+
+``kbroker cluster [--nodes N] [--controllers C] [--dir DIR] [--port P] [--controller-port Q] [--override k=v]...``
+    starts a local cluster as child processes (see :mod:`kbroker.localcluster`),
+    prints its bootstrap string, and stops every node on Ctrl-C or SIGTERM.
 """
 
 from __future__ import annotations
@@ -48,7 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Settings use Kafka's broker config names, e.g. "
                "--override listeners=PLAINTEXT://127.0.0.1:9092 --override log.dirs=/var/lib/kbroker. "
                "Storage commands, as kafka-storage.sh: 'kbroker format -t CLUSTER_ID -c FILE' "
-               "and 'kbroker random-uuid'.",
+               "and 'kbroker random-uuid'. A local cluster: 'kbroker cluster --nodes 3' "
+               "(see kbroker cluster --help).",
     )
     p.add_argument("properties", nargs="?", metavar="server.properties",
                    help="properties file, as for kafka-server-start.sh")
@@ -107,6 +114,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return format_main(argv[1:])
     if argv and argv[0] == "random-uuid":
         return random_uuid_main(argv[1:])
+    if argv and argv[0] == "cluster":
+        return cluster_main(argv[1:])
     args = build_parser().parse_args(argv)
     if args.version:
         print(f"kbroker {_version()}")
@@ -216,6 +225,73 @@ def random_uuid_main(argv: Sequence[str]) -> int:
 
     print(metadata_log.new_uuid())
     return 0
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _port(text: str) -> int:
+    value = _positive_int(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"not a port number: {value}")
+    return value
+
+
+def build_cluster_parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog="kbroker cluster",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Start a local KRaft cluster of kbroker processes, print its bootstrap string,\n"
+                    "and stop every node on Ctrl-C or SIGTERM.",
+        epilog="""\
+shapes:
+  --nodes N                   N combined nodes (process.roles=broker,controller), ids 1..N,
+                              every one a voter
+  --nodes N --controllers C   C controller-only nodes, ids 1..C (the voters), and
+                              N broker-only nodes, ids C+1..C+N
+
+ports (all on localhost):
+  the i-th broker listens on PLAINTEXT at PORT+i-1 (9092, 9093, 9094 for 3 nodes);
+  the j-th controller on CONTROLLER at CONTROLLER_PORT+j-1 (default PORT+100: 9192, ...)
+
+files:
+  DIR/node-<id>/server.properties  the node's settings (a Kafka server.properties)
+  DIR/node-<id>/data               its log directory, formatted with one cluster id
+  DIR/node-<id>/kbroker.log        its stdout and stderr
+  DIR is kept after exit; starting again with the same --dir reuses its data and cluster id.
+
+exit status: 0 after Ctrl-C/SIGTERM, 1 if the cluster could not start, 2 for bad arguments.
+A node that exits while the cluster runs is reported; the others keep running.""",
+    )
+    p.add_argument("--nodes", type=_positive_int, default=3, metavar="N",
+                   help="brokers (combined broker+controller nodes unless --controllers); default 3")
+    p.add_argument("--controllers", type=_positive_int, default=None, metavar="C",
+                   help="separate controller-only nodes instead of combined ones")
+    p.add_argument("--dir", metavar="DIR", default=None,
+                   help="where the nodes' files go (default: a new temporary directory, printed)")
+    p.add_argument("--port", type=_port, default=9092, metavar="PORT",
+                   help="the first broker's port (default 9092)")
+    p.add_argument("--controller-port", type=_port, default=None, metavar="CONTROLLER_PORT",
+                   help="the first controller's port (default PORT+100)")
+    p.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
+                   help="set one config on every node (Kafka names); repeatable")
+    return p
+
+
+def cluster_main(argv: Sequence[str]) -> int:
+    """``kbroker cluster``: see :mod:`kbroker.localcluster`."""
+    args = build_cluster_parser().parse_args(argv)
+    from kbroker import localcluster
+
+    return localcluster.run(args.nodes, args.controllers, args.dir, args.port, args.controller_port,
+                            args.override)
 
 
 def _leaves(exc: BaseException):
