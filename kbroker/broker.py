@@ -17,19 +17,24 @@ import uuid
 
 import trio
 
-from protocol import ErrorCode
+from protocol import ApiKey, ErrorCode
+from protocol.codec import RequestHeader
 
 from . import metadata_log
 from .config import Config, ConfigError
 from .crashpoints import crash_point
-from .controller.controller import Controller
+from .controller.controller import Controller, TopicResult
+from .controller.quorum import MetadataQuorum, as_controller, raft_config
 from .group.coordinator import GroupCoordinator
 from .log.config import LogConfig, validate_topic_config
 from .log.errors import LogError
 from .log.manager import LogManager
 from .metadata.errors import MetadataLogFatal, MetadataWriteFailed
 from .metadata.image import BROKER_RESOURCE, MetadataImage, TopicImage
+from .netclient import RequestFailed
 from .partition import Partition
+from .raft.disklog import DiskRaftLog
+from .raft.store import FileQuorumStateStore
 
 log = logging.getLogger("kbroker.broker")
 
@@ -91,6 +96,13 @@ class Broker:
         # They answer KAFKA_STORAGE_ERROR; every sync (and start) retries them.
         self.storage_errors: dict[tuple[str, int], str] = {}
         self.groups = GroupCoordinator(self)
+        # A cluster (controller.quorum.voters names other nodes): the metadata
+        # log is replicated by Raft and decisions are made by the active
+        # controller (kbroker.controller.quorum).  None for the single node.
+        self.clustered = not config.embedded_quorum and bool(set(config.quorum_voters) - {self.node_id})
+        self.quorum: MetadataQuorum | None = None
+        self.broker_epoch = -1
+        self.registered = trio.Event()
 
     # -- lifecycle ---------------------------------------------------------------
     async def start(self, nursery: trio.Nursery, bound_ports: dict[str, int] | None = None) -> None:
@@ -98,6 +110,9 @@ class Broker:
         replaces port 0 in the advertised endpoints with the port actually bound."""
         self._nursery = nursery
         self.bound_ports = bound_ports or {}
+        if self.clustered:
+            await self._start_clustered(nursery)
+            return
         for d in self.log_dirs:
             os.makedirs(d, exist_ok=True)
         self.cluster_id = metadata_log.read_or_create_meta_properties(
@@ -122,9 +137,140 @@ class Broker:
         # applies flush.ms / flush.messages, so it must still look at least every second.
         nursery.start_soon(self.logs.run_flusher, min(max(self.config["log.flush.scheduler.interval.ms"], 1), 1000))
 
+    async def _start_clustered(self, nursery: trio.Nursery) -> None:
+        """Start as one node of a cluster: follow (or lead) the quorum, register, then serve.
+
+        Unlike the single node, nothing waits here for the quorum: the
+        listeners must already answer Vote and Fetch for a leader to be
+        elected at all.  The image fills as committed records arrive; the
+        broker registers in the background and loads its groups once it has
+        caught up to its own registration.
+        """
+        self.cluster_id = self._clustered_cluster_id()  # before anything is created on disk
+        self.image.cluster_id = self.cluster_id
+        self.logs = LogManager(self.log_dirs, self.default_log_config, topic_config=self._log_config_or_none)
+        self.logs.high_watermark = self._high_watermark
+        mlog = self.logs.get(METADATA_TOPIC, 0) or self.logs.create(
+            METADATA_TOPIC, 0, DiskRaftLog.CONFIG, log_dir=self.log_dirs[0]
+        )
+        raft_log = DiskRaftLog.over(mlog)
+        store = FileQuorumStateStore(os.path.join(mlog.path, "quorum-state"))
+        self.quorum = MetadataQuorum(
+            self.node_id, self.cluster_id, self.config.quorum_voters, raft_log, store,
+            config=raft_config(self.config), apply=self._apply_committed, load_snapshot=self._load_snapshot,
+            after_apply=self._after_apply,
+        )
+        await self.quorum.start(nursery)
+        nursery.start_soon(self._registration_loop)
+        nursery.start_soon(self._fencing_loop)
+        nursery.start_soon(self.logs.run_retention, self.config["log.retention.check.interval.ms"])
+        nursery.start_soon(self.logs.run_cleaner, self.config["log.cleaner.backoff.ms"])
+        nursery.start_soon(self.logs.run_flusher, min(max(self.config["log.flush.scheduler.interval.ms"], 1), 1000))
+
+    def _clustered_cluster_id(self) -> str:
+        """The cluster id every log dir agrees on; a cluster node must be formatted (or given cluster.id)."""
+        wanted = self.config["cluster.id"] if "cluster.id" in self.config else None
+        found: str | None = None
+        for d in self.log_dirs:
+            props = metadata_log.read_meta_properties(d)
+            if props is None:
+                continue
+            metadata_log.check_meta_properties(d, props, self.node_id, wanted or found)
+            found = found or props.get("cluster.id")
+        cid = wanted or found
+        if not cid:
+            raise ConfigError(
+                f"log.dirs: {self.log_dirs[0]} is not formatted; a node of a cluster needs the cluster's id: "
+                f"run `kbroker format -t <cluster id> -c <server.properties>` (ids from `kbroker random-uuid`), "
+                f"or set cluster.id")
+        for d in self.log_dirs:
+            os.makedirs(d, exist_ok=True)
+            metadata_log.read_or_create_meta_properties(d, self.node_id, cid)
+        return cid
+
+    # -- following the quorum (clustered) -------------------------------------------
+    def _apply_committed(self, batch: list[tuple[int, str, object]]) -> None:
+        for offset, name, record in batch:
+            self.image.apply(name, record, offset)
+
+    def _load_snapshot(self, end_offset: int, records: list[tuple[str, object]]) -> None:
+        image = MetadataImage()
+        image.cluster_id = self.cluster_id
+        for name, record in records:
+            image.apply(name, record)
+        image.offset = end_offset - 1
+        # Whatever was derived from the old image is keyed by its version:
+        # the new one must never reuse a number.
+        image.version += self.image.version + 1
+        self.image = image
+        self.controller.image = image
+
+    async def _after_apply(self) -> None:
+        self._apply_dynamic_config()
+        await self._sync_partitions()
+        if (not self.groups.started and self.broker_epoch >= 0
+                and self.quorum.applied > self.broker_epoch):
+            # Caught up to our own registration: every __consumer_offsets
+            # partition placed here before it is known, so loading is complete.
+            await self.groups.start(self._nursery)
+
+    async def _fencing_loop(self) -> None:
+        timeout = self.config["broker.session.timeout.ms"]
+        while True:
+            await trio.sleep(min(timeout / 4000, 1.0))
+            await self.quorum.fence_expired(self.image, self.submit, timeout)
+
+    async def _registration_loop(self) -> None:
+        """BrokerRegistration, then BrokerHeartbeat every broker.heartbeat.interval.ms, for the process's life."""
+        incarnation = uuid.uuid4()
+        endpoints = [
+            e._replace(port=self.bound_ports.get(e.name, e.port)) if e.port == 0 else e
+            for e in self.config.advertised_listeners
+        ]
+        interval = self.config["broker.heartbeat.interval.ms"] / 1000
+        while self.broker_epoch < 0:
+            try:
+                resp = await self.quorum.call(ApiKey.BROKER_REGISTRATION, 4, {
+                    "broker_id": self.node_id, "cluster_id": self.cluster_id, "incarnation_id": incarnation,
+                    "listeners": [{"name": e.name, "host": e.host, "port": e.port, "security_protocol": 0}
+                                  for e in endpoints],
+                    "features": [], "rack": self.config["broker.rack"], "log_dirs": [],
+                    "previous_broker_epoch": -1,
+                })
+            except RequestFailed as e:
+                log.warning("broker registration: %s; retrying", e)
+                continue
+            if resp.error_code != ErrorCode.NONE:
+                log.error("broker registration refused: %s; retrying in %.1fs",
+                          ErrorCode(resp.error_code).name, interval)
+                await trio.sleep(interval)
+                continue
+            self.broker_epoch = resp.broker_epoch
+            log.info("registered as broker %d (epoch %d)", self.node_id, self.broker_epoch)
+            self.registered.set()
+            self.quorum._committed.set()  # the group load may now be due
+        while True:
+            await trio.sleep(interval)
+            try:
+                resp = await self.quorum.call(ApiKey.BROKER_HEARTBEAT, 1, {
+                    "broker_id": self.node_id, "broker_epoch": self.broker_epoch,
+                    "current_metadata_offset": self.quorum.applied - 1, "want_fence": False,
+                    "want_shut_down": False,
+                }, timeout=max(interval, 1.0))
+            except RequestFailed as e:
+                log.debug("broker heartbeat: %s", e)
+                continue
+            if resp.error_code in (ErrorCode.STALE_BROKER_EPOCH, ErrorCode.BROKER_ID_NOT_REGISTERED):
+                log.warning("broker heartbeat refused (%s); registering again", ErrorCode(resp.error_code).name)
+                self.broker_epoch = -1
+                return await self._registration_loop()
+
     async def close(self) -> None:
+        if self.quorum is not None:
+            with trio.move_on_after(2):
+                await self.quorum.close()
         if self.logs is not None:
-            if self.fatal is not None and not self.metadata.offline:
+            if self.fatal is not None and self.metadata is not None and not self.metadata.offline:
                 # No clean-shutdown marker for the metadata log's directory:
                 # the next start must recover (CRC-check) its tail.
                 self.logs.mark_offline(os.path.dirname(self.metadata.plog.path), self.fatal)
@@ -135,7 +281,7 @@ class Broker:
 
     def _log_config_or_none(self, topic: str) -> LogConfig | None:
         if topic == METADATA_TOPIC:
-            return metadata_log.MetadataLog.CONFIG
+            return DiskRaftLog.CONFIG if self.clustered else metadata_log.MetadataLog.CONFIG
         return self.log_config_for(topic) if topic in self.image.topics else None
 
     def _high_watermark(self, topic: str, partition: int) -> int | None:
@@ -155,8 +301,12 @@ class Broker:
         await self.submit(self.controller.register_broker(self.node_id, endpoints, epoch=epoch))
 
     # -- metadata changes ----------------------------------------------------------
-    async def submit(self, records: list) -> None:
+    async def submit(self, records) -> None:
         """Append controller records to the metadata log, apply them, and act on them.
+
+        ``records`` is a list of ``(name, body)`` or a function returning one,
+        called under the metadata lock: a decision made from the image must
+        not race another change of it.
 
         The image changes only after the records are durable, so an answer
         never mentions a change a restart would not replay.  If the append or
@@ -166,11 +316,25 @@ class Broker:
         state Kafka's controller treats as fatal, and the broker stops
         (:class:`MetadataLogFatal`).
         """
-        if not records:
+        if self.quorum is not None:
+            # Commit through Raft; the apply loop applies (here and on every
+            # node) and syncs partitions.  NotControllerError goes up: the
+            # request is retried against the new active controller.  The lock
+            # also covers the decision, so that two requests never decide
+            # from the same image (two CreateTopics of one name).
+            async with self._metadata_lock:
+                if callable(records):
+                    records = records()
+                if records:
+                    await self.quorum.submit(records)
             return
         # One change at a time: records must reach the image in log order,
         # and the fsync inside append yields to other tasks.
         async with self._metadata_lock:
+            if callable(records):
+                records = records()
+            if not records:
+                return
             if self.fatal is not None:
                 raise _unanswerable(self.fatal)
             if self.metadata.offline:
@@ -345,21 +509,54 @@ class Broker:
     # -- helpers for handlers --------------------------------------------------------
     async def create_topics(self, specs: list[dict], *, validate_only: bool = False):
         """Create topics; returns controller TopicResults in request order."""
-        records, results = self.controller.create_topics(specs)
-        if not validate_only:
-            try:
-                await self.submit(records)
-            except MetadataWriteFailed as e:
-                for r in results:
-                    if r.error == ErrorCode.NONE:
-                        r.error, r.message = ErrorCode.KAFKA_STORAGE_ERROR, str(e)
+        if self.quorum is not None and not as_controller.get():
+            return await self._create_topics_remote(specs, validate_only)
+        if validate_only:
+            return self.controller.create_topics(specs)[1]
+        results = []
+
+        def decide():
+            records, results[:] = self.controller.create_topics(specs)
+            return records
+
+        try:
+            await self.submit(decide)
+        except MetadataWriteFailed as e:
+            for r in results:
+                if r.error == ErrorCode.NONE:
+                    r.error, r.message = ErrorCode.KAFKA_STORAGE_ERROR, str(e)
         return results
+
+    async def _create_topics_remote(self, specs: list[dict], validate_only: bool):
+        """A broker's own CreateTopics (auto-creation, ``__consumer_offsets``), sent to the active controller."""
+        body = {"topics": [{
+            "name": s["name"], "num_partitions": s.get("num_partitions", -1),
+            "replication_factor": s.get("replication_factor", -1),
+            "assignments": [{"partition_index": p, "broker_ids": b} for p, b in (s.get("assignments") or ())],
+            "configs": [{"name": k, "value": v} for k, v in (s.get("configs") or {}).items()],
+        } for s in specs], "timeout_ms": 30000, "validate_only": validate_only}
+        header = RequestHeader(int(ApiKey.CREATE_TOPICS), 7, 0, f"kbroker-{self.node_id}")
+        try:
+            resp = await self.quorum.forward(header, body)
+        except RequestFailed as e:
+            return [TopicResult(s["name"], ErrorCode.REQUEST_TIMED_OUT, str(e)) for s in specs]
+        return [TopicResult(t.name, ErrorCode(t.error_code), t.error_message, t.topic_id, t.num_partitions,
+                            t.replication_factor) for t in resp.topics]
 
     async def allocate_producer_id(self) -> int:
         if self._producer_ids_next >= self._producer_ids_end:
-            recs, first = self.controller.allocate_producer_ids(self.node_id, 0)
-            await self.submit(recs)
-            self._producer_ids_next, self._producer_ids_end = first, first + 1000
+            if self.quorum is not None:
+                await self.registered.wait()
+                resp = await self.quorum.call(ApiKey.ALLOCATE_PRODUCER_IDS, 0,
+                                              {"broker_id": self.node_id, "broker_epoch": self.broker_epoch})
+                if resp.error_code != ErrorCode.NONE:
+                    raise RequestFailed(f"AllocateProducerIds: {ErrorCode(resp.error_code).name}")
+                first, count = resp.producer_id_start, resp.producer_id_len
+            else:
+                recs, first = self.controller.allocate_producer_ids(self.node_id, 0)
+                await self.submit(recs)
+                count = 1000
+            self._producer_ids_next, self._producer_ids_end = first, first + count
         pid = self._producer_ids_next
         self._producer_ids_next += 1
         return pid

@@ -404,17 +404,17 @@ BROKER_CONFIGS: dict[str, ConfigDef] = _defs(
     C("broker.id", "int", None, at_least(0), nullable=True, kafka_default=-1,
       note="older spelling of node.id; both must agree if both are set"),
     C("process.roles", "list", "broker,controller", _process_roles, kafka_default="",
-      note="every Kafka value is valid; kbroker only runs broker,controller as a single node so far"),
+      note="every Kafka value is valid; kbroker runs broker,controller nodes (alone or as a cluster) so far"),
     C("cluster.id", "string", None, _cluster_id, nullable=True,
       note="not a Kafka setting; if given, must match meta.properties (kbroker generates one)"),
-    C("broker.rack", "string", None, nullable=True, effective=False,
-      note="registered with the broker once the cluster work (issue 8) lands"),
+    C("broker.rack", "string", None, nullable=True,
+      note="registered with the broker in a cluster; rack-aware placement is not done yet"),
     C("initial.broker.registration.timeout.ms", "int", 60000, effective=False,
       note="a single node registers in-process"),
-    C("broker.heartbeat.interval.ms", "int", 2000, effective=False,
-      note="a single node registers in-process"),
-    C("broker.session.timeout.ms", "int", 9000, effective=False,
-      note="a single node registers in-process"),
+    C("broker.heartbeat.interval.ms", "int", 2000, _pos,
+      note="cluster nodes only; a single node registers in-process"),
+    C("broker.session.timeout.ms", "int", 9000, _pos,
+      note="cluster nodes only; a single node registers in-process"),
     # --- listeners ---
     C("listeners", "string", "PLAINTEXT://localhost:9092", mode=PER_BROKER,
       kafka_default="PLAINTEXT://:9092"),
@@ -430,14 +430,14 @@ BROKER_CONFIGS: dict[str, ConfigDef] = _defs(
       note="static quorum: id@host:port,...; ids unique"),
     C("controller.quorum.bootstrap.servers", "list", "", _host_ports,
       note="KIP-853 dynamic quorum: host:port,..."),
-    # The Raft timings (KIP-595).  A quorum of one has no elections and no
-    # fetches, so they only take effect with the cluster work (issue 8).
-    # Kafka 4.1 (KAFKA-18837) requires them to be at least 0.
-    C("controller.quorum.election.timeout.ms", "int", 1000, _ms, effective=False),
-    C("controller.quorum.fetch.timeout.ms", "int", 2000, _ms, effective=False),
-    C("controller.quorum.election.backoff.max.ms", "int", 1000, _ms, effective=False),
-    C("controller.quorum.request.timeout.ms", "int", 2000, _ms, effective=False),
-    C("controller.quorum.retry.backoff.ms", "int", 20, _ms, effective=False),
+    # The Raft timings (KIP-595): used by cluster nodes; a quorum of one has
+    # no elections and no fetches.  Kafka 4.1 (KAFKA-18837) requires them to
+    # be at least 0.
+    C("controller.quorum.election.timeout.ms", "int", 1000, _ms),
+    C("controller.quorum.fetch.timeout.ms", "int", 2000, _ms),
+    C("controller.quorum.election.backoff.max.ms", "int", 1000, _ms),
+    C("controller.quorum.request.timeout.ms", "int", 2000, _ms),
+    C("controller.quorum.retry.backoff.ms", "int", 20, _ms),
     C("controller.quorum.append.linger.ms", "int", 25, _ms, effective=False),
     C("controller.quorum.auto.join.enable", "bool", False, effective=False),
     C("inter.broker.listener.name", "string", None, nullable=True),
@@ -1199,21 +1199,21 @@ class Config(Mapping[str, Any]):
                 )
 
     def unsupported_cluster(self) -> Optional[str]:
-        """Why this node cannot run yet, or None for the single combined node.
+        """Why this node cannot run yet, or None.
 
-        The settings of every Kafka node shape are accepted (and `kbroker
-        format` uses them), but until the quorum and registration work of
-        issue 8 is wired in, the server only runs one combined node whose
-        quorum is itself.  A start refused here has opened nothing.
+        Served today: the single combined node, and clusters of combined
+        nodes (``process.roles=broker,controller``) named by a static
+        ``controller.quorum.voters``.  Controller-only and broker-only nodes
+        and the dynamic quorum of ``controller.quorum.bootstrap.servers``
+        (KIP-853) are accepted by ``kbroker format`` but not run yet.  A start
+        refused here has opened nothing.
         """
-        tail = "multi-node clusters are not supported yet (issue 8 in progress)"
+        tail = "not supported yet (issue 8 in progress; clusters of combined nodes with controller.quorum.voters are)"
         roles = self["process.roles"]
         if set(roles) != {"broker", "controller"}:
             return f"process.roles={','.join(roles)}: {tail}"
-        others = sorted(v for v in self.quorum_voters if v != self["node.id"])
-        if others:
-            return (f"controller.quorum.voters names node{'s' if len(others) > 1 else ''} "
-                    f"{', '.join(map(str, others))} besides this one: {tail}")
+        if self.quorum_voters:
+            return None
         for host, port in self.quorum_bootstrap_servers:
             if not self._is_own_controller_address(host, port):
                 return f"controller.quorum.bootstrap.servers={host}:{port} is not this node: {tail}"

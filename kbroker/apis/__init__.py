@@ -10,9 +10,13 @@ from __future__ import annotations
 
 import contextvars
 import importlib
+import socket
 from typing import Awaitable, Callable, NamedTuple
 
 from protocol import ApiKey, advertised_versions
+
+from ..controller.quorum import NotControllerError, as_controller
+from ..netclient import RequestFailed
 
 
 class CloseConnection(Exception):
@@ -75,10 +79,43 @@ def api_name(api_key: int) -> str:
         return f"api key {api_key}"
 
 
+# Admin requests the active controller decides: in a cluster, a node that
+# gets one from a client forwards it there (Kafka's Envelope forwarding).
+FORWARDED = frozenset({
+    ApiKey.CREATE_TOPICS, ApiKey.DELETE_TOPICS, ApiKey.CREATE_PARTITIONS, ApiKey.ALTER_CONFIGS,
+    ApiKey.INCREMENTAL_ALTER_CONFIGS,
+})
+
+
+def on_controller_listener(broker) -> bool:
+    name = listener_name.get()
+    return bool(name) and name in {n.upper() for n in broker.config["controller.listener.names"]}
+
+
 async def dispatch(broker, header, body):
     handler = HANDLERS.get(header.api_key)
     if handler is None or not handler.versions[0] <= header.api_version <= handler.versions[1]:
         raise CloseConnection(f"{api_name(header.api_key)} v{header.api_version} is not served")
+    if broker.quorum is None:
+        return await handler.func(broker, header, body)
+    if header.api_key in FORWARDED and not as_controller.get():
+        if not on_controller_listener(broker):
+            host = client_address.get()[0]
+            try:
+                packed = socket.inet_pton(socket.AF_INET6 if ":" in host else socket.AF_INET, host) if host else b""
+            except OSError:
+                packed = b""
+            try:
+                return await broker.quorum.forward(header, body, packed)
+            except RequestFailed as e:
+                raise CloseConnection(f"{api_name(header.api_key)} not forwarded to the controller: {e}") from None
+        token = as_controller.set(True)  # sent straight to our controller listener
+        try:
+            return await handler.func(broker, header, body)
+        except NotControllerError as e:
+            raise CloseConnection(str(e)) from None
+        finally:
+            as_controller.reset(token)
     return await handler.func(broker, header, body)
 
 
@@ -97,6 +134,7 @@ _MODULES = (
     "log_dirs",
     "leader_epoch",
     "describe_topic_partitions",
+    "quorum",
 )
 
 for _m in _MODULES:

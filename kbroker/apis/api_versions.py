@@ -2,13 +2,17 @@
 
 from protocol import ApiKey, ErrorCode
 
-from . import HANDLERS, handles
+from . import HANDLERS, handles, on_controller_listener
 
 
-def api_keys() -> list[dict]:
+def api_keys(controller: bool = False) -> list[dict]:
+    """The APIs served; the controller RPCs only on a cluster node's controller listeners (as Kafka)."""
+    from .quorum import CONTROLLER_APIS
+
     return [
         {"api_key": key, "min_version": h.versions[0], "max_version": h.versions[1]}
         for key, h in sorted(HANDLERS.items())
+        if controller or key not in CONTROLLER_APIS
     ]
 
 
@@ -16,7 +20,7 @@ def api_keys() -> list[dict]:
 async def handle(broker, header, body):
     return {
         "error_code": ErrorCode.NONE,
-        "api_keys": api_keys(),
+        "api_keys": api_keys(broker.quorum is not None and on_controller_listener(broker)),
         "throttle_time_ms": 0,
         "supported_features": [],
         "finalized_features_epoch": -1,

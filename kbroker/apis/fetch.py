@@ -18,6 +18,7 @@ import trio
 from protocol import ApiKey, ErrorCode
 
 from ..log.errors import OffsetOutOfRange
+from ..raft.wire import METADATA_TOPIC, METADATA_TOPIC_ID
 from . import handles
 
 
@@ -86,8 +87,16 @@ def _collect(broker, body):
     return responses, total, partitions, has_error
 
 
+def _is_metadata_fetch(body) -> bool:
+    return any(t.topic == METADATA_TOPIC or t.topic_id == METADATA_TOPIC_ID for t in body.topics)
+
+
 @handles(ApiKey.FETCH)
 async def handle(broker, header, body):
+    if broker.quorum is not None and _is_metadata_fetch(body):
+        from .quorum import raft_rpc  # Raft's own Fetch of __cluster_metadata
+
+        return await raft_rpc(broker, header, body)
     if body.replica_id >= 0 or (body.replica_state and body.replica_state.replica_id >= 0):
         # Follower fetches arrive with replication; until then no broker follows us.
         return {"throttle_time_ms": 0, "error_code": ErrorCode.NOT_LEADER_OR_FOLLOWER, "session_id": 0, "responses": []}

@@ -64,6 +64,16 @@ async def _find_one(broker, key: str, key_type: int) -> dict:
         err = await broker.groups.ensure_topic()
         if err:
             entry.update(error_code=err, error_message="The coordinator is not available.")
+        elif broker.quorum is not None:
+            # A cluster: the leader of the group's __consumer_offsets partition.
+            node = broker.groups.coordinator_of(key)
+            reg = broker.image.brokers.get(node) if node is not None else None
+            e = endpoint_of(reg) if reg is not None and not reg.fenced else None
+            if e is None:
+                entry.update(error_code=ErrorCode.COORDINATOR_NOT_AVAILABLE,
+                             error_message="The coordinator is not available.")
+            else:
+                entry.update(node_id=node, host=e.host, port=e.port)
         else:
             host, port = _endpoint(broker)
             entry.update(node_id=broker.node_id, host=host, port=port)

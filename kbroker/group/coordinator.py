@@ -119,6 +119,10 @@ class GroupCoordinator:
         self.unloaded: set[int] = set()
 
     # -- lifecycle ---------------------------------------------------------------------
+    @property
+    def started(self) -> bool:
+        return self._started
+
     async def start(self, nursery: trio.Nursery) -> None:
         """Load ``__consumer_offsets`` (if it exists) and start the timer task."""
         if self._started:
@@ -382,12 +386,37 @@ class GroupCoordinator:
 
     # -- operations ------------------------------------------------------------------------
     # Each takes a ``failed(code)`` that builds the operation's answer for a write that failed.
-    def _refused(self, group_id: str) -> bool:
-        return bool(self.unloaded) and self.partition_for(group_id) in self.unloaded
+    def _refused(self, group_id: str) -> ErrorCode | None:
+        """Why this broker cannot serve ``group_id`` now, or None.
+
+        In a cluster a group belongs to the broker leading its
+        ``__consumer_offsets`` partition (NOT_COORDINATOR elsewhere: the
+        client asks FindCoordinator again), and nothing is served before the
+        broker has loaded its partitions (COORDINATOR_LOAD_IN_PROGRESS).
+        """
+        if self.broker.quorum is not None:
+            if not self._started:
+                return ErrorCode.COORDINATOR_LOAD_IN_PROGRESS
+            if self.coordinator_of(group_id) != self.broker.node_id:
+                return ErrorCode.NOT_COORDINATOR
+        if self.unloaded and self.partition_for(group_id) in self.unloaded:
+            return ErrorCode.COORDINATOR_NOT_AVAILABLE
+        return None
+
+    def coordinator_of(self, group_id: str) -> int | None:
+        """The broker leading ``group_id``'s ``__consumer_offsets`` partition, per the image (None if unknown)."""
+        t = self.broker.image.topics.get(OFFSETS_TOPIC)
+        if t is None:
+            return None
+        p = t.partitions.get(self.partition_for(group_id))
+        if p is None or p.leader < 0:
+            return None
+        return p.leader
 
     async def _parkable(self, op, req, failed):
-        if self._refused(req.group_id):
-            return failed(ErrorCode.COORDINATOR_NOT_AVAILABLE)
+        refusal = self._refused(req.group_id)
+        if refusal:
+            return failed(refusal)
         waiter = Waiter()
         try:
             res = self._execute(lambda: op(req, self.clock(), waiter), (req.group_id,))
@@ -404,8 +433,9 @@ class GroupCoordinator:
         return await self._parkable(self.state.sync, req, sync_error)
 
     def _now_op(self, group_id, step, scope, failed, *, crash=None):
-        if self._refused(group_id):
-            return failed(ErrorCode.COORDINATOR_NOT_AVAILABLE)
+        refusal = self._refused(group_id)
+        if refusal:
+            return failed(refusal)
         try:
             return self._execute(step, scope, crash=crash).response
         except AppendFailed as e:
@@ -430,8 +460,9 @@ class GroupCoordinator:
         )
 
     async def fetch_offsets(self, group_id, topics, *, require_stable=False, member_id=None, member_epoch=-1):
-        if self._refused(group_id):
-            return ErrorCode.COORDINATOR_NOT_AVAILABLE, []
+        refusal = self._refused(group_id)
+        if refusal:
+            return refusal, []
         return self.state.fetch_offsets(group_id, topics, self.clock(), require_stable=require_stable,
                                         member_id=member_id, member_epoch=member_epoch)
 

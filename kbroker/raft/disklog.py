@@ -37,6 +37,8 @@ therefore trusts the newest ``.checkpoint`` and repairs the log around it:
   in the middle of installing one from the leader) and is replaced by an
   empty log starting at the snapshot end; so is a log that does not reach
   the snapshot end, or starts after it;
+* a ``truncation.pending`` is a truncation inside a batch that did not
+  finish: it is completed (see below);
 * a torn batch at the tail (crash mid-write) is cut off by the
   PartitionLog's own recovery, which runs on every open: the entries in that
   batch were never acknowledged, since the fsync had not returned;
@@ -46,12 +48,14 @@ therefore trusts the newest ``.checkpoint`` and repairs the log around it:
   hole in it.
 
 Truncation has one wrinkle: the PartitionLog cuts at batch boundaries, but
-Raft may truncate inside a batch (the leader's epoch ended in the middle of
-a run this node wrote in one batch).  The entries between the batch start
-and the truncation point are then written again from memory.  Between the
-cut and that re-append a crash would lose them; they are re-appended and
-fsynced before :meth:`DiskRaftLog.truncate_to` returns, so only a crash in
-that window can shorten the log below what the caller asked for.
+Raft may truncate inside a batch (the old leader's epoch ended, on the new
+leader, in the middle of a run this follower wrote as one batch).  The
+entries of that batch below the truncation point must then be written again
+-- and they may be committed entries this node has acknowledged, which a
+crash between the cut and the rewrite must not lose.  So they are first
+saved, encoded, in a side file (``truncation.pending``, written like a
+snapshot); open() finds it and redoes the cut and the rewrite, which gives
+the same log whichever step the crash interrupted.
 
 Costs: every :meth:`~DiskRaftLog.append` and :meth:`~DiskRaftLog.truncate_to`
 blocks on ``fsync`` (PartitionLog.flush: the segment, its indexes, the
@@ -76,6 +80,8 @@ from .records import decode_entries, encode_entries
 METADATA_PARTITION_DIR = "__cluster_metadata-0"
 CHECKPOINT_SUFFIX = ".checkpoint"
 PART_SUFFIX = ".part"
+# The kept head of a batch cut by a truncation, while it is being rewritten.
+TRUNCATION_FILE = "truncation.pending"
 _CHECKPOINT_NAME = re.compile(r"^(\d{20})-(\d{10})\.checkpoint$")
 # One PartitionLog.read: whole batches from one segment, at least one batch.
 _READ_BYTES = 1 << 20
@@ -125,6 +131,16 @@ class DiskRaftLog:
             plog.close_without_flush()
             raise
         return cls(path, plog, mem)
+
+    @classmethod
+    def over(cls, plog: PartitionLog) -> "DiskRaftLog":
+        """The Raft log of a ``__cluster_metadata-0`` PartitionLog the broker's LogManager already opened.
+
+        The LogManager owns the files' lifecycle there (recovery after an
+        unclean stop, flushing, closing with the clean-shutdown marker).
+        """
+        snapshot = _load_newest_snapshot(plog.path)
+        return cls(plog.path, plog, _rebuild(plog, snapshot))
 
     def close(self) -> None:
         """Flush and release the files (idempotent); the object is unusable afterwards."""
@@ -186,22 +202,21 @@ class DiskRaftLog:
             return
         start = mem.start_offset
         with self._writing():
-            if offset == start:
-                # Nothing of the log is kept; this also drops a segment prefix
-                # below the start left by the last snapshot.
-                self.plog.truncate_fully_and_start_at(offset)
-            else:
-                self.plog.truncate_to(offset)
-                if self.plog.log_start_offset < start:
-                    # The cut landed in a batch straddling the snapshot end;
-                    # its part below the start is not ours to rewrite.
-                    self.plog.truncate_fully_and_start_at(start)
-            cut = self.plog.log_end_offset
-            if cut < offset:
-                # Cut at the start of a batch that straddled ``offset``: write
-                # back the entries of it that are kept.
-                self.plog.append(encode_entries(mem.entries(cut, offset - cut)), assign_offsets=False)
-            self.plog.flush()
+            # The PartitionLog cuts at the base of the batch holding
+            # ``offset``; what of that batch is kept is written again, after
+            # being saved in a side file that open() replays (see the module
+            # docstring).  A batch straddling our start is cut at the start.
+            res = self.plog.read(offset, 1, min_one_batch=True)
+            cut = max(res.first_offset, start) if res.first_offset >= 0 else offset
+            tail = encode_entries(mem.entries(cut, offset - cut)) if cut < offset else b""
+            if tail:
+                _write_file_durably(self.path, TRUNCATION_FILE, tail)
+            _rewrite_tail(self.plog, cut, tail)
+            if tail:
+                # Durably gone before anything else is written: replayed
+                # after later appends, it would cut them off.
+                os.unlink(os.path.join(self.path, TRUNCATION_FILE))
+                _fsync_dir(self.path)
         mem.truncate_to(offset)
 
     def take_snapshot(self, snapshot: Snapshot) -> None:
@@ -273,18 +288,7 @@ class DiskRaftLog:
     def _write_snapshot(self, snapshot: Snapshot) -> None:
         """The checkpoint file, durable; then every other checkpoint removed (durably)."""
         name = checkpoint_name(snapshot.snapshot_id)
-        final = os.path.join(self.path, name)
-        tmp = final + PART_SUFFIX
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        try:
-            view = memoryview(snapshot.blob)
-            while view:
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, final)
-        _fsync_dir(self.path)
+        _write_file_durably(self.path, name, snapshot.blob)
         # Only now may the previous snapshot go.  It goes before the log is
         # touched: an older-but-larger snapshot left behind would be picked at
         # the next open over the one the log was just changed to match.
@@ -334,6 +338,38 @@ def _load_newest_snapshot(path: str) -> Snapshot | None:
     return Snapshot(sid, blob)
 
 
+def _finish_truncation(path: str, plog: PartitionLog) -> None:
+    """Complete a truncation inside a batch that a crash interrupted (its side file is durable)."""
+    part = os.path.join(path, TRUNCATION_FILE + PART_SUFFIX)
+    if os.path.exists(part):
+        os.unlink(part)  # never renamed: the log was not touched yet
+    full = os.path.join(path, TRUNCATION_FILE)
+    try:
+        with open(full, "rb") as f:
+            tail = f.read()
+    except FileNotFoundError:
+        return
+    # Whichever step the crash came after (before the cut, after it, after
+    # the re-append), cutting again and re-appending ends in the same log.
+    _rewrite_tail(plog, decode_entries(tail)[0].offset, tail)
+    os.unlink(full)
+    _fsync_dir(path)
+
+
+def _rewrite_tail(plog: PartitionLog, cut: int, tail: bytes) -> None:
+    """Make the log end at ``cut`` (a batch boundary, or its start), append ``tail`` there, fsync."""
+    if cut <= plog.log_start_offset:
+        # Nothing of the log is kept; this also drops a segment prefix below
+        # the start left by the last snapshot (the cut there would fall
+        # below the start and lower it).
+        plog.truncate_fully_and_start_at(cut)
+    else:
+        plog.truncate_to(cut)
+    if tail:
+        plog.append(tail, assign_offsets=False)
+    plog.flush()
+
+
 def _read_all(plog: PartitionLog) -> list[Entry]:
     """Every entry from the log start to the log end, decoded batch by batch."""
     out: list[Entry] = []
@@ -351,6 +387,7 @@ def _rebuild(plog: PartitionLog, snapshot: Snapshot | None) -> MemoryRaftLog:
     """Reconcile the PartitionLog with the snapshot (see the module docstring) and index it in memory."""
     mem = MemoryRaftLog()
     with _disk_errors():
+        _finish_truncation(plog.path, plog)
         entries = _read_all(plog)
         start, end = plog.log_start_offset, plog.log_end_offset
         if snapshot is None:
@@ -384,6 +421,22 @@ def _disk_errors() -> Iterator[None]:
         yield
     except LogError as e:
         raise OSError(f"raft log: {e}") from e
+
+
+def _write_file_durably(directory: str, name: str, data: bytes) -> None:
+    """``directory/name`` holding ``data``, complete or absent after a crash: temp file, fsync, rename, fsync dir."""
+    final = os.path.join(directory, name)
+    tmp = final + PART_SUFFIX
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, final)
+    _fsync_dir(directory)
 
 
 def _fsync_dir(path: str) -> None:
