@@ -99,7 +99,8 @@ class Broker:
         # A cluster (controller.quorum.voters names other nodes): the metadata
         # log is replicated by Raft and decisions are made by the active
         # controller (kbroker.controller.quorum).  None for the single node.
-        self.clustered = not config.embedded_quorum and bool(set(config.quorum_voters) - {self.node_id})
+        self.clustered = config.clustered
+        self.is_broker = "broker" in config["process.roles"]
         self.quorum: MetadataQuorum | None = None
         self.broker_epoch = -1
         self.registered = trio.Event()
@@ -158,11 +159,14 @@ class Broker:
         self.quorum = MetadataQuorum(
             self.node_id, self.cluster_id, self.config.quorum_voters, raft_log, store,
             config=raft_config(self.config), apply=self._apply_committed, load_snapshot=self._load_snapshot,
-            after_apply=self._after_apply,
+            after_apply=self._after_apply, image_records=lambda: self.image.to_records(),
+            snapshot_bytes=self.config["metadata.log.max.record.bytes.between.snapshots"],
         )
         await self.quorum.start(nursery)
-        nursery.start_soon(self._registration_loop)
-        nursery.start_soon(self._fencing_loop)
+        if self.is_broker:
+            nursery.start_soon(self._registration_loop)
+        if "controller" in self.config["process.roles"]:
+            nursery.start_soon(self._fencing_loop)
         nursery.start_soon(self.logs.run_retention, self.config["log.retention.check.interval.ms"])
         nursery.start_soon(self.logs.run_cleaner, self.config["log.cleaner.backoff.ms"])
         nursery.start_soon(self.logs.run_flusher, min(max(self.config["log.flush.scheduler.interval.ms"], 1), 1000))

@@ -466,9 +466,10 @@ BROKER_CONFIGS: dict[str, ConfigDef] = _defs(
     C("metadata.log.dir", "string", None, nullable=True, effective=False,
       note="`kbroker format` writes meta.properties there; the metadata log itself stays in the "
            "first log.dirs entry until the cluster work (issue 8)"),
-    # The metadata log and its snapshots (KRaftConfigs).  kbroker's metadata
-    # log is not trimmed or snapshotted yet, so these wait for the Raft work.
-    C("metadata.log.max.record.bytes.between.snapshots", "long", 20971520, _pos, effective=False),
+    # The metadata log and its snapshots (KRaftConfigs).  A cluster node
+    # snapshots its image every ...between.snapshots bytes of records; the
+    # single node's log is not trimmed or snapshotted.
+    C("metadata.log.max.record.bytes.between.snapshots", "long", 20971520, _pos),
     C("metadata.log.max.snapshot.interval.ms", "long", 3600000, _ms, effective=False),
     C("metadata.max.retention.bytes", "long", 104857600, effective=False),
     C("metadata.max.retention.ms", "long", 604800000, effective=False),
@@ -1201,23 +1202,34 @@ class Config(Mapping[str, Any]):
     def unsupported_cluster(self) -> Optional[str]:
         """Why this node cannot run yet, or None.
 
-        Served today: the single combined node, and clusters of combined
-        nodes (``process.roles=broker,controller``) named by a static
-        ``controller.quorum.voters``.  Controller-only and broker-only nodes
-        and the dynamic quorum of ``controller.quorum.bootstrap.servers``
-        (KIP-853) are accepted by ``kbroker format`` but not run yet.  A start
-        refused here has opened nothing.
+        Served today: the single combined node, and cluster nodes of every
+        role (broker, controller, or both) named by a static
+        ``controller.quorum.voters``.  The dynamic quorum of
+        ``controller.quorum.bootstrap.servers`` (KIP-853) is accepted by
+        ``kbroker format`` but not run yet, except for the single combined
+        node that names itself.  A start refused here has opened nothing.
         """
-        tail = "not supported yet (issue 8 in progress; clusters of combined nodes with controller.quorum.voters are)"
-        roles = self["process.roles"]
-        if set(roles) != {"broker", "controller"}:
-            return f"process.roles={','.join(roles)}: {tail}"
+        tail = ("not supported yet (issue 8 in progress; a static quorum, controller.quorum.voters, is)")
         if self.quorum_voters:
             return None
+        roles = self["process.roles"]
+        if set(roles) != {"broker", "controller"}:
+            return f"process.roles={','.join(roles)} with controller.quorum.bootstrap.servers: {tail}"
         for host, port in self.quorum_bootstrap_servers:
             if not self._is_own_controller_address(host, port):
                 return f"controller.quorum.bootstrap.servers={host}:{port} is not this node: {tail}"
         return None
+
+    @property
+    def clustered(self) -> bool:
+        """True for a node of a cluster: its metadata log is replicated by Raft.
+
+        False for the single combined node, whether it names no quorum at all
+        or only itself as the one voter (Kafka's single-node quick start).
+        """
+        if self.embedded_quorum:
+            return False
+        return set(self["process.roles"]) != {"broker", "controller"} or set(self.quorum_voters) != {self["node.id"]}
 
     def _is_own_controller_address(self, host: str, port: int) -> bool:
         # Kafka's single-node quick start names its own CONTROLLER listener as

@@ -487,10 +487,28 @@ def test_single_combined_node_and_combined_cluster_nodes_are_supported(overrides
     assert c.unsupported_cluster() is None
 
 
+@pytest.mark.parametrize("overrides", [
+    ("process.roles=broker", "node.id=4", "controller.quorum.voters=1@h:9093"),
+    (*CONTROLLER_ONLY, "controller.quorum.voters=1@h:9093"),
+    (*CONTROLLER_ONLY, "controller.quorum.voters=1@h:9093,2@h:9094,3@h:9095"),
+])
+def test_broker_and_controller_nodes_of_a_static_quorum_are_supported(overrides):
+    c = load(*overrides)
+    assert c.unsupported_cluster() is None
+    assert c.clustered
+
+
+def test_only_the_single_combined_node_is_not_clustered():
+    assert not load().clustered
+    assert not load("node.id=3", "controller.quorum.voters=3@localhost:9093", *COMBINED).clustered
+    assert load("controller.quorum.voters=1@localhost:9093,2@h2:9093", *COMBINED).clustered
+
+
 @pytest.mark.parametrize("overrides, fragment", [
-    (("process.roles=broker", "node.id=4", "controller.quorum.voters=1@h:9093"), "process.roles=broker:"),
-    (("process.roles=broker", "node.id=4", "controller.quorum.bootstrap.servers=h:9093"), "process.roles=broker:"),
-    ((*CONTROLLER_ONLY, "controller.quorum.voters=1@h:9093"), "process.roles=controller:"),
+    (("process.roles=broker", "node.id=4", "controller.quorum.bootstrap.servers=h:9093"),
+     "process.roles=broker with controller.quorum.bootstrap.servers:"),
+    ((*CONTROLLER_ONLY, "controller.quorum.bootstrap.servers=h:9093"),
+     "process.roles=controller with controller.quorum.bootstrap.servers:"),
     (("controller.quorum.bootstrap.servers=localhost:9093,h2:9093", *COMBINED),
      "controller.quorum.bootstrap.servers=h2:9093 is not this node:"),
     (("controller.quorum.bootstrap.servers=localhost:9094", *COMBINED),
@@ -500,8 +518,7 @@ def test_every_other_shape_is_valid_but_not_supported_yet(overrides, fragment):
     c = load(*overrides)  # a valid Kafka node: no ConfigError
     problem = c.unsupported_cluster()
     assert problem.startswith(fragment), problem
-    assert problem.endswith("not supported yet (issue 8 in progress; clusters of combined nodes with "
-                            "controller.quorum.voters are)")
+    assert problem.endswith("not supported yet (issue 8 in progress; a static quorum, controller.quorum.voters, is)")
 
 
 def test_cluster_id_setting():

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import contextvars
 import logging
+import time
 import uuid
 from typing import Callable
 
@@ -51,7 +52,7 @@ from protocol.envelopes import decode_metadata_record, encode_metadata_record
 
 from ..netclient import PeerConnection, RequestFailed
 from ..raft import LEADER_CHANGE, HighWatermarkChanged, NotLeaderError, RaftConfig, RoleChanged, SnapshotLoaded
-from ..raft.records import decode_snapshot
+from ..raft.records import decode_snapshot, encode_snapshot
 from ..raft.shell import RaftShell
 
 log = logging.getLogger("kbroker.controller")
@@ -95,6 +96,8 @@ class MetadataQuorum:
         apply: Callable[[list[tuple[int, str, object]]], None],
         load_snapshot: Callable[[int, list[tuple[str, object]]], None],
         after_apply: Callable[[], object],
+        image_records: Callable[[], list[tuple[str, object]]] = list,
+        snapshot_bytes: int = 20 * 1024 * 1024,
     ) -> None:
         self.node_id = node_id
         self.cluster_id = cluster_id
@@ -103,6 +106,9 @@ class MetadataQuorum:
         self._apply = apply
         self._load_snapshot = load_snapshot
         self._after_apply = after_apply
+        self._image_records = image_records
+        self.snapshot_bytes = snapshot_bytes
+        self._bytes_since_snapshot = 0
         self.shell = RaftShell(node_id, voters, raft_log, store, config=config, cluster_id=cluster_id,
                                on_event=self._on_event)
         self.applied = 0  # the next offset to apply: the image holds [0, applied)
@@ -164,9 +170,12 @@ class MetadataQuorum:
                     if e.payload is not LEADER_CHANGE:
                         name, _version, body = decode_metadata_record(e.payload)
                         batch.append((e.offset, name, body))
+                        self._bytes_since_snapshot += len(e.payload)
                 if batch:
                     self._apply(batch)
                 self.applied = entries[-1].offset + 1
+                if self._bytes_since_snapshot >= self.snapshot_bytes:
+                    self._snapshot()
                 await trio.sleep(0)  # a long catch-up must not starve the connections
             if self.is_active and self._active_since is None:
                 self._active_since = trio.current_time()
@@ -196,6 +205,29 @@ class MetadataQuorum:
                 except NotControllerError:
                     return
                 log.warning("broker %d fenced: no heartbeat for %d ms", b.broker_id, session_timeout_ms)
+
+    def _snapshot(self) -> None:
+        """Write the image as the snapshot at ``applied`` and let the log drop what it covers.
+
+        Every node snapshots on its own (as Kafka's do), from its own image:
+        the image is exactly the committed log below ``applied``, so every
+        node's snapshot at one offset holds the same records.
+        """
+        end = self.applied
+        log_ = self.node.log
+        if end <= log_.start_offset:
+            return
+        epoch = log_.epoch_of(end - 1)
+        values = [encode_metadata_record(name, body) for name, body in self._image_records()]
+        blob = encode_snapshot(values, end_offset=end, epoch=epoch, timestamp=int(time.time() * 1000))
+        try:
+            sid = self.shell.snapshot(end, blob)
+        except ValueError as e:  # not below the high watermark yet: try again after the next batch
+            log.debug("snapshot at %d deferred: %s", end, e)
+            return
+        self._bytes_since_snapshot = 0
+        log.info("metadata snapshot at offset %d (epoch %d): %d records, %d bytes",
+                 sid.end_offset, sid.epoch, len(values), len(blob))
 
     @property
     def is_active(self) -> bool:
