@@ -1,0 +1,841 @@
+"""A multi-node KRaft cluster of real kbroker processes, driven by real clients over real sockets.
+
+Clusters are started with ``kbroker cluster`` (which also tests the command);
+a node killed with SIGKILL is started again by hand from the
+``server.properties`` the command wrote (``kbroker -c FILE``), as an operator
+would.  The node with a foreign cluster id is laid out by hand with
+``kbroker random-uuid`` and ``kbroker format``.
+
+"Through node N" means a request sent on a socket to node N's broker
+listener: per-node questions (Metadata, DescribeCluster, DescribeConfigs) go
+over raw connections (``compat.kraw``) so that no client can route them
+elsewhere; the changes are made with confluent-kafka and kafka-python, plus a
+raw CreateTopics on every node so that every node's forwarding is exercised.
+
+Every wait has a deadline and polls; the deadlines are generous because the
+suite must pass on a loaded 2-core machine (speed belongs in a benchmark).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import pytest
+
+from compat import kraw
+from compat.conftest import REPO, unique_name, watch_broker
+
+pytestmark = pytest.mark.timeout(240)
+
+HOST = "localhost"
+START_TIMEOUT = 60.0  # the command itself gives up after 30 s
+WAIT = 30.0  # deadline for anything the cluster should do "soon"
+STOP_TIMEOUT = 45.0  # the command sends SIGKILL after 30 s
+
+# Fast registration and fencing; Kafka's defaults for controller.quorum.*.
+FAST_SESSION = {
+    "broker.heartbeat.interval.ms": "500",
+    "broker.session.timeout.ms": "4000",
+    "group.initial.rebalance.delay.ms": "0",
+}
+
+# Api keys / versions of the raw requests.
+METADATA, DESCRIBE_CLUSTER, DESCRIBE_CONFIGS = 3, 60, 32
+CREATE_TOPICS, DELETE_TOPICS = 19, 20
+TOPIC_RESOURCE = 2
+
+ACTIVE_RE = re.compile(r"node (\d+) is the active controller \(epoch (\d+)")
+NODE_LINE_RE = re.compile(r"^node (\d+)\s+(\S+)\s+.*\bpid (\d+)\s+log (.+)$")
+
+
+# -- ports and waiting ------------------------------------------------------------------
+
+
+def free_port_block(n: int, avoid: tuple[range, ...] = ()) -> int:
+    """The first of ``n`` consecutive ports free right now (``kbroker cluster`` lays ports out in a row).
+
+    Below Linux's ephemeral range (32768+), so that no outgoing connection
+    takes one of them before the cluster binds it.
+    """
+    for _ in range(500):
+        base = random.randrange(20000, 32700 - n)
+        if any(p in r for r in avoid for p in range(base, base + n)):
+            continue
+        socks = []
+        try:
+            for p in range(base, base + n):
+                s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                socks.append(s)
+                s.bind(("127.0.0.1", p))
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise RuntimeError(f"no {n} consecutive free ports found")
+
+
+def wait_for(predicate: Callable[[], Any], what: str, timeout: float = WAIT, interval: float = 0.2,
+             state: Optional[Callable[[], Any]] = None) -> Any:
+    """Poll ``predicate`` until it returns something truthy (returned); AssertionError at the deadline.
+
+    Exceptions from ``predicate`` (connection refused while a node starts...)
+    count as "not yet"; the last one, or ``state()``, is in the message.
+    """
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while True:
+        try:
+            value = predicate()
+            if value:
+                return value
+            last = value
+        except Exception as e:  # noqa: BLE001 - "not yet"; reported at the deadline
+            last = e
+        if time.monotonic() > deadline:
+            if state is not None:
+                try:
+                    last = state()
+                except Exception as e:  # noqa: BLE001
+                    last = f"(state unavailable: {e!r})"
+            raise AssertionError(f"within {timeout:.0f}s: {what}; last seen: {last!r}")
+        time.sleep(interval)
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie is gone for our purposes
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    return env
+
+
+def kbroker_cli(*args: str, timeout: float = 60.0) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "kbroker", *args], env=_env(), cwd=REPO, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+# -- one node ----------------------------------------------------------------------------
+
+
+def _tail(path: Path, since: int = 0, limit: int = 20000) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(since)
+            text = f.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+    return text if len(text) <= limit else "...\n" + text[-limit:]
+
+
+class Node:
+    """One node of a cluster: started by ``kbroker cluster`` (``pid``) or by this file (``proc``)."""
+
+    external = False  # for conftest.watch_broker
+
+    def __init__(self, node_id: int, directory: Path, broker_port: Optional[int], controller_port: Optional[int],
+                 roles: str = "broker,controller", pid: Optional[int] = None):
+        self.node_id = node_id
+        self.directory = Path(directory)
+        self.broker_port = broker_port
+        self.controller_port = controller_port
+        self.roles = roles
+        self.pid = pid
+        self.proc: Optional[subprocess.Popen] = None
+        self.host = HOST
+
+    def __repr__(self) -> str:
+        return f"<node {self.node_id} pid {self.pid} port {self.broker_port}>"
+
+    @property
+    def config_path(self) -> Path:
+        return self.directory / "server.properties"
+
+    @property
+    def log_path(self) -> Path:
+        return self.directory / "kbroker.log"
+
+    @property
+    def bootstrap(self) -> str:
+        return f"{HOST}:{self.broker_port}"
+
+    @property
+    def port(self) -> Optional[int]:
+        return self.broker_port
+
+    def log_size(self) -> int:
+        try:
+            return self.log_path.stat().st_size
+        except OSError:
+            return 0
+
+    def log_text(self, since: int = 0, limit: int = 20000) -> str:
+        return _tail(self.log_path, since, limit)
+
+    def alive(self) -> bool:
+        if self.proc is not None:
+            return self.proc.poll() is None
+        return self.pid is not None and pid_alive(self.pid)
+
+    def start(self) -> "Node":
+        """``kbroker -c DIR/node-<id>/server.properties``, its output appended to its kbroker.log."""
+        assert not self.alive(), f"node {self.node_id} is already running"
+        with open(self.log_path, "ab") as log:
+            log.write(f"===== compat/test_cluster.py: kbroker -c {self.config_path}\n".encode())
+            log.flush()
+            self.proc = subprocess.Popen([sys.executable, "-m", "kbroker", "-c", str(self.config_path)],
+                                         cwd=self.directory, env=_env(), stdin=subprocess.DEVNULL,
+                                         stdout=log, stderr=subprocess.STDOUT)
+        self.pid = self.proc.pid
+        return self
+
+    def kill(self) -> None:
+        """SIGKILL, and wait until the process is gone."""
+        if self.pid is None or not self.alive():
+            return
+        try:
+            os.kill(self.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            return
+        if self.proc is not None:
+            self.proc.wait(10)
+        else:  # a child of `kbroker cluster`, which reaps it
+            wait_for(lambda: not pid_alive(self.pid), f"node {self.node_id} (pid {self.pid}) gone after SIGKILL",
+                     timeout=10, interval=0.05)
+
+    def stop(self, timeout: float = STOP_TIMEOUT) -> Optional[int]:
+        """SIGTERM (then SIGKILL); the exit status if this file started it."""
+        if self.pid is None or not self.alive():
+            return self.proc.returncode if self.proc is not None else None
+        os.kill(self.pid, signal.SIGTERM)
+        if self.proc is not None:
+            try:
+                return self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+                raise AssertionError(f"node {self.node_id} did not exit within {timeout:.0f}s of SIGTERM")
+        deadline = time.monotonic() + timeout
+        while pid_alive(self.pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if pid_alive(self.pid):
+            os.kill(self.pid, signal.SIGKILL)
+        return None
+
+    # -- what the node says, asked on its own broker listener --------------------------
+
+    def request(self, api_key: int, version: int, body: dict, timeout: float = 10.0):
+        return kraw.request(HOST, self.broker_port, api_key, version, body, timeout=timeout)
+
+    def metadata(self, topics: Optional[list[str]] = None):
+        return self.request(METADATA, 9, {
+            "topics": None if topics is None else [{"name": t} for t in topics],
+            "allow_auto_topic_creation": False, "include_cluster_authorized_operations": False,
+            "include_topic_authorized_operations": False})
+
+    def brokers(self) -> set[tuple[int, str, int]]:
+        """{(node id, host, port)} from this node's Metadata."""
+        return {(b.node_id, b.host, b.port) for b in self.metadata([]).brokers}
+
+    def topics(self, names: Optional[list[str]] = None) -> dict[str, dict[int, int]]:
+        """{topic: {partition: leader}} of the topics this node knows (without errors)."""
+        md = self.metadata(names)
+        return {t.name: {p.partition_index: p.leader_id for p in t.partitions}
+                for t in md.topics if t.error_code == 0}
+
+    def describe_cluster(self):
+        return self.request(DESCRIBE_CLUSTER, 0, {"include_cluster_authorized_operations": False})
+
+    def topic_config(self, topic: str, key: str) -> Optional[str]:
+        resp = self.request(DESCRIBE_CONFIGS, 4, {
+            "resources": [{"resource_type": TOPIC_RESOURCE, "resource_name": topic, "configuration_keys": [key]}],
+            "include_synonyms": False, "include_documentation": False})
+        (res,) = resp.results
+        assert res.error_code == 0, f"node {self.node_id}: DescribeConfigs {topic}: error {res.error_code}"
+        values = {c.name: c.value for c in res.configs}
+        return values.get(key)
+
+    def create_topic_raw(self, name: str, partitions: int, timeout_ms: int = 30000) -> tuple[int, Optional[str]]:
+        resp = self.request(CREATE_TOPICS, 5, {
+            "topics": [{"name": name, "num_partitions": partitions, "replication_factor": 1, "assignments": [],
+                        "configs": []}],
+            "timeout_ms": timeout_ms, "validate_only": False}, timeout=timeout_ms / 1000 + 10)
+        (t,) = resp.topics
+        return t.error_code, t.error_message
+
+    def active_controller_epochs(self) -> list[int]:
+        """The epochs this node logged "node N is the active controller" for (N = this node)."""
+        return [int(m.group(2)) for m in ACTIVE_RE.finditer(self.log_text(limit=10 ** 9))
+                if int(m.group(1)) == self.node_id]
+
+
+# -- a cluster -------------------------------------------------------------------------
+
+
+class Cluster:
+    """``kbroker cluster`` as a child process; its nodes as :class:`Node` s."""
+
+    external = False
+
+    def __init__(self, workdir: Path, nodes: int = 3, controllers: Optional[int] = None,
+                 overrides: Optional[dict[str, str]] = None):
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.directory = self.workdir / "cluster"
+        self.n_nodes = nodes
+        self.n_controllers = controllers
+        self.overrides = dict(overrides or {})
+        self.port = free_port_block(nodes)
+        n_ctrl = controllers if controllers is not None else nodes
+        self.controller_port = free_port_block(n_ctrl, avoid=(range(self.port, self.port + nodes),))
+        self.log_path = self.workdir / "kbroker-cluster.out"  # the command's stdout and stderr
+        self.proc: Optional[subprocess.Popen] = None
+        self.nodes: dict[int, Node] = {}
+        self.bootstrap = ""
+
+    # for conftest.watch_broker (the command's own output)
+    def log_size(self) -> int:
+        try:
+            return self.log_path.stat().st_size
+        except OSError:
+            return 0
+
+    def log_text(self, since: int = 0, limit: int = 20000) -> str:
+        return _tail(self.log_path, since, limit)
+
+    def command(self) -> list[str]:
+        cmd = [sys.executable, "-m", "kbroker", "cluster", "--nodes", str(self.n_nodes), "--dir",
+               str(self.directory), "--port", str(self.port), "--controller-port", str(self.controller_port)]
+        if self.n_controllers is not None:
+            cmd += ["--controllers", str(self.n_controllers)]
+        for k, v in self.overrides.items():
+            cmd += ["--override", f"{k}={v}"]
+        return cmd
+
+    def start(self) -> "Cluster":
+        with open(self.log_path, "ab") as out:
+            self.proc = subprocess.Popen(self.command(), cwd=self.workdir, env=_env(), stdin=subprocess.DEVNULL,
+                                         stdout=out, stderr=subprocess.STDOUT)
+
+        def started() -> bool:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"kbroker cluster exited with {self.proc.returncode} during start-up:\n"
+                                     f"{self.log_text()}")
+            return "\nbootstrap: " in "\n" + self.log_text(limit=10 ** 9)
+
+        deadline = time.monotonic() + START_TIMEOUT
+        while not started():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"kbroker cluster printed no bootstrap line within {START_TIMEOUT:.0f}s:\n"
+                                     f"{self.log_text()}\n{self.node_logs()}")
+            time.sleep(0.1)
+        for line in self.log_text(limit=10 ** 9).splitlines():
+            m = NODE_LINE_RE.match(line)
+            if m:
+                nid = int(m.group(1))
+                roles = m.group(2)
+                bport = re.search(r"PLAINTEXT \S+:(\d+)", line)
+                cport = re.search(r"CONTROLLER \S+:(\d+)", line)
+                self.nodes[nid] = Node(nid, Path(m.group(4)).parent, int(bport.group(1)) if bport else None,
+                                       int(cport.group(1)) if cport else None, roles, int(m.group(3)))
+            if line.startswith("bootstrap: "):
+                self.bootstrap = line.split(" ", 1)[1].strip()
+        expected = self.n_nodes + (self.n_controllers or 0)
+        assert len(self.nodes) == expected, f"expected {expected} 'node ... pid ...' lines:\n{self.log_text()}"
+        return self
+
+    @property
+    def brokers(self) -> list[Node]:
+        return [n for _, n in sorted(self.nodes.items()) if n.broker_port is not None]
+
+    def node_logs(self, limit: int = 6000) -> str:
+        out = []
+        for d in sorted(self.directory.glob("node-*")):
+            out.append(f"--- {d / 'kbroker.log'} ---\n{_tail(d / 'kbroker.log', limit=limit)}")
+        return "\n".join(out)
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def terminate(self, timeout: float = STOP_TIMEOUT) -> int:
+        """SIGTERM the command and wait for it; its exit status."""
+        if self.proc is None:
+            return 0
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+                raise AssertionError(f"kbroker cluster did not exit within {timeout:.0f}s of SIGTERM")
+        return self.proc.returncode
+
+    def cleanup(self) -> None:
+        """Whatever happened: no process of this cluster outlives the test."""
+        try:
+            self.terminate()
+        except AssertionError:
+            pass
+        for n in self.nodes.values():
+            if n.alive():
+                try:
+                    n.stop(timeout=20)
+                except AssertionError:
+                    pass
+
+    # -- cluster-wide waits ----------------------------------------------------------
+
+    def expected_brokers(self, nodes: Optional[list[Node]] = None) -> set[tuple[int, str, int]]:
+        return {(n.node_id, HOST, n.broker_port) for n in (nodes if nodes is not None else self.brokers)}
+
+    def wait_brokers(self, expected: set, asked: Optional[list[Node]] = None, timeout: float = WAIT) -> None:
+        """Until every node in ``asked`` lists exactly ``expected`` in Metadata."""
+        asked = asked if asked is not None else self.brokers
+        wait_for(lambda: all(n.brokers() == expected for n in asked),
+                 f"nodes {[n.node_id for n in asked]} list brokers {sorted(expected)}", timeout,
+                 state=lambda: {n.node_id: sorted(n.brokers()) for n in asked})
+
+    def wait_topic_everywhere(self, name: str, partitions: int, asked: Optional[list[Node]] = None,
+                              timeout: float = WAIT) -> dict[int, int]:
+        """Until every node shows ``name`` with ``partitions`` partitions, all led, the same leaders; the leaders."""
+        asked = asked if asked is not None else self.brokers
+
+        def same():
+            views = [n.topics([name]).get(name) for n in asked]
+            first = views[0]
+            if (first is None or len(first) != partitions or any(leader < 0 for leader in first.values())
+                    or any(v != first for v in views)):
+                return None
+            return first
+
+        return wait_for(same, f"topic {name} with {partitions} led partitions, the same on nodes "
+                              f"{[n.node_id for n in asked]}", timeout,
+                        state=lambda: {n.node_id: n.topics([name]).get(name) for n in asked})
+
+    def wait_topic_gone(self, name: str, asked: Optional[list[Node]] = None, timeout: float = WAIT) -> None:
+        asked = asked if asked is not None else self.brokers
+        wait_for(lambda: all(name not in n.topics([name]) for n in asked),
+                 f"topic {name} gone from nodes {[n.node_id for n in asked]}", timeout,
+                 state=lambda: {n.node_id: n.topics([name]).get(name) for n in asked})
+
+    def active_controller(self) -> tuple[int, int]:
+        """(node id, epoch) of the latest "is the active controller" line in the nodes' logs."""
+        best = (-1, -1)
+        for n in self.nodes.values():
+            for epoch in n.active_controller_epochs():
+                if epoch > best[1]:
+                    best = (n.node_id, epoch)
+        return best
+
+
+def _watch(request, cluster: Cluster) -> None:
+    """A failing test shows the command's output and every node's log from this test on."""
+    watch_broker(request, cluster)
+    for n in cluster.nodes.values():
+        watch_broker(request, n)
+
+
+@pytest.fixture
+def new_cluster(request, tmp_path):
+    """Factory: a private ``kbroker cluster`` for one test, stopped (and reaped) after it."""
+    made: list[Cluster] = []
+
+    def make(nodes: int = 3, controllers: Optional[int] = None, overrides: Optional[dict[str, str]] = None,
+             ) -> Cluster:
+        c = Cluster(tmp_path / f"cluster-{len(made)}", nodes, controllers, overrides)
+        made.append(c)
+        watch_broker(request, c)
+        c.start()
+        _watch(request, c)
+        return c
+
+    yield make
+    for c in made:
+        c.cleanup()
+
+
+@pytest.fixture(scope="module")
+def _shared_cluster(tmp_path_factory):
+    clusters: list[Cluster] = []
+
+    def get() -> Cluster:
+        if not clusters or not clusters[-1].alive():
+            c = Cluster(tmp_path_factory.mktemp("kbroker-cluster"), 3, overrides=FAST_SESSION)
+            clusters.append(c)
+            c.start()
+            c.wait_brokers(c.expected_brokers(), timeout=WAIT)
+        return clusters[-1]
+
+    yield get
+    for c in clusters:
+        c.cleanup()
+
+
+@pytest.fixture
+def cluster3(request, _shared_cluster) -> Cluster:
+    """The shared cluster of 3 combined nodes (started again if an earlier test stopped it)."""
+    c = _shared_cluster()
+    _watch(request, c)
+    return c
+
+
+# -- 1. membership -----------------------------------------------------------------------
+
+
+def test_every_node_lists_the_same_three_brokers(cluster3):
+    c = cluster3
+    expected = c.expected_brokers()
+    assert len(expected) == 3
+    c.wait_brokers(expected)
+
+    cluster_ids = set()
+    for n in c.brokers:
+        md = n.metadata([])
+        assert {(b.node_id, b.host, b.port) for b in md.brokers} == expected, f"node {n.node_id}"
+        assert md.controller_id in {1, 2, 3}, f"node {n.node_id}: Metadata controller_id {md.controller_id}"
+        cluster_ids.add(md.cluster_id)
+        dc = n.describe_cluster()
+        assert dc.error_code == 0, f"node {n.node_id}: DescribeCluster error {dc.error_code} {dc.error_message}"
+        assert {(b.broker_id, b.host, b.port) for b in dc.brokers} == expected, f"node {n.node_id}"
+        assert dc.controller_id in {1, 2, 3}, f"node {n.node_id}: DescribeCluster controller_id {dc.controller_id}"
+        cluster_ids.add(dc.cluster_id)
+    assert len(cluster_ids) == 1 and None not in cluster_ids, f"cluster ids differ between nodes: {cluster_ids}"
+    (cluster_id,) = cluster_ids
+    assert f"cluster {cluster_id}:" in c.log_text(), "the command printed another cluster id"
+
+    # The same through the real clients, each bootstrapped at one node only.
+    from confluent_kafka.admin import AdminClient
+    from kafka.admin import KafkaAdminClient
+
+    for n in c.brokers:
+        admin = AdminClient({"bootstrap.servers": n.bootstrap})
+        desc = admin.describe_cluster(request_timeout=WAIT).result(WAIT)
+        assert desc.cluster_id == cluster_id
+        assert {(b.id, b.host, b.port) for b in desc.nodes} == expected, f"confluent via node {n.node_id}"
+        kp = KafkaAdminClient(bootstrap_servers=n.bootstrap, request_timeout_ms=int(WAIT * 1000))
+        try:
+            desc = kp.describe_cluster()
+        finally:
+            kp.close()
+        assert desc["cluster_id"] == cluster_id
+        assert {(b["broker_id"], b["host"], b["port"]) for b in desc["brokers"]} == expected, \
+            f"kafka-python via node {n.node_id}"
+
+
+# -- 2. admin changes made through one node show on every node ----------------------------
+
+
+def test_admin_changes_through_one_node_show_on_every_node(cluster3):
+    from confluent_kafka.admin import AdminClient, NewTopic
+    from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient
+
+    c = cluster3
+    n1, n2, n3 = (c.nodes[i] for i in (1, 2, 3))
+
+    # CreateTopics with confluent-kafka bootstrapped at node 2 only.
+    name = unique_name("cl-admin")
+    admin2 = AdminClient({"bootstrap.servers": n2.bootstrap})
+    admin2.create_topics([NewTopic(name, num_partitions=6, replication_factor=1)],
+                         operation_timeout=WAIT, request_timeout=WAIT)[name].result(WAIT)
+    leaders = c.wait_topic_everywhere(name, 6)
+    assert set(leaders.values()) == {1, 2, 3}, f"6 partitions not spread over the 3 brokers: {leaders}"
+
+    # Every node forwards a CreateTopics sent to it (raw, so that it is that node).
+    per_node = {}
+    for n in c.brokers:
+        t = unique_name(f"cl-via{n.node_id}")
+        err, msg = n.create_topic_raw(t, 3)
+        assert err == 0, f"CreateTopics through node {n.node_id}: error {err} {msg}"
+        per_node[n.node_id] = t
+    for t in per_node.values():
+        c.wait_topic_everywhere(t, 3)
+
+    # CreatePartitions through node 1 (kafka-python sends it to the Metadata
+    # controller_id of its bootstrap node).
+    kp1 = KafkaAdminClient(bootstrap_servers=n1.bootstrap, request_timeout_ms=int(WAIT * 1000))
+    try:
+        kp1.create_partitions({name: 9}, timeout_ms=int(WAIT * 1000))
+    finally:
+        kp1.close()
+    leaders = c.wait_topic_everywhere(name, 9)
+    assert set(leaders.values()) == {1, 2, 3}
+
+    # IncrementalAlterConfigs through node 3; DescribeConfigs asked of every node.
+    kp3 = KafkaAdminClient(bootstrap_servers=n3.bootstrap, request_timeout_ms=int(WAIT * 1000))
+    try:
+        kp3.alter_configs([ConfigResource(ConfigResourceType.TOPIC, name,
+                                          configs={"retention.ms": ("SET", "1234567")})], incremental=True)
+        wait_for(lambda: all(n.topic_config(name, "retention.ms") == "1234567" for n in c.brokers),
+                 "retention.ms=1234567 on every node", state=lambda: {
+                     n.node_id: n.topic_config(name, "retention.ms") for n in c.brokers})
+
+        # DeleteTopics through node 3.
+        kp3.delete_topics([name, per_node[1]], timeout_ms=int(WAIT * 1000))
+    finally:
+        kp3.close()
+    c.wait_topic_gone(name)
+    c.wait_topic_gone(per_node[1])
+    # And only those: the others are still everywhere.
+    for t in (per_node[2], per_node[3]):
+        c.wait_topic_everywhere(t, 3)
+    # A deleted name can be created again (through node 1), fresh.
+    err, msg = n1.create_topic_raw(name, 2)
+    assert err == 0, f"re-creating {name}: error {err} {msg}"
+    c.wait_topic_everywhere(name, 2)
+    assert all(n.topic_config(name, "retention.ms") != "1234567" for n in c.brokers), \
+        "a re-created topic inherited the deleted one's config"
+
+
+# -- 3. produce through one node, consume as a group through another ---------------------
+
+
+@pytest.mark.groups
+def test_produce_via_node3_consume_group_via_node1(cluster3):
+    from confluent_kafka import Consumer, Producer, TopicPartition
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    c = cluster3
+    n1, n3 = c.nodes[1], c.nodes[3]
+    topic = unique_name("cl-pc")
+    admin = AdminClient({"bootstrap.servers": n3.bootstrap})
+    admin.create_topics([NewTopic(topic, num_partitions=6, replication_factor=1)],
+                        operation_timeout=WAIT, request_timeout=WAIT)[topic].result(WAIT)
+    c.wait_topic_everywhere(topic, 6)
+
+    def produce(values: list[str]) -> None:
+        errors = []
+        p = Producer({"bootstrap.servers": n3.bootstrap, "acks": "all", "enable.idempotence": True,
+                      "linger.ms": 5, "message.timeout.ms": int(WAIT * 1000)})
+        for i, v in enumerate(values):
+            p.produce(topic, key=str(i).encode(), value=v.encode(),
+                      on_delivery=lambda err, msg: errors.append(err) if err else None)
+            p.poll(0)
+        left = p.flush(WAIT)
+        assert left == 0, f"{left} messages not delivered within {WAIT:.0f}s"
+        assert not errors, f"delivery errors: {errors[:5]}"
+
+    old = [f"old-{i}" for i in range(300)]
+    produce(old)
+
+    group = unique_name("cl-group")
+    conf = {"bootstrap.servers": n1.bootstrap, "group.id": group, "auto.offset.reset": "earliest",
+            "enable.auto.commit": False, "session.timeout.ms": 10000}
+
+    def consume(consumer, count: int) -> list[str]:
+        got: list[str] = []
+        deadline = time.monotonic() + 60
+        while len(got) < count and time.monotonic() < deadline:
+            m = consumer.poll(0.5)
+            if m is None:
+                continue
+            assert m.error() is None, f"consumer error: {m.error()}"
+            got.append(m.value().decode())
+        return got
+
+    first = Consumer(conf)
+    try:
+        first.subscribe([topic])
+        got = consume(first, 300)
+        assert len(got) == 300 and set(got) == set(old), \
+            f"first consumer: {len(got)} messages, {len(set(got))} distinct, missing {sorted(set(old) - set(got))[:5]}"
+        first.commit(asynchronous=False)
+        committed = first.committed([TopicPartition(topic, p) for p in range(6)], timeout=WAIT)
+        assert sum(tp.offset for tp in committed) == 300, f"committed offsets: {committed}"
+    finally:
+        first.close()
+
+    new = [f"new-{i}" for i in range(20)]
+    produce(new)
+    second = Consumer(conf)
+    try:
+        second.subscribe([topic])
+        got = consume(second, 20)
+        assert sorted(got) == sorted(new), f"second consumer got {len(got)}: {got[:10]}"
+        # Nothing more to come: its position is the end of every partition.
+        parts = [TopicPartition(topic, p) for p in range(6)]
+        positions = {tp.partition: tp.offset for tp in second.position(parts)}
+        ends = {p: second.get_watermark_offsets(TopicPartition(topic, p), timeout=WAIT)[1] for p in range(6)}
+        assert positions == ends, f"positions {positions} != end offsets {ends}"
+        assert sum(ends.values()) == 320
+    finally:
+        second.close()
+
+
+# -- 4. losing the active controller -------------------------------------------------------
+
+
+def test_active_controller_sigkill_failover_and_rejoin(new_cluster):
+    # Short sessions (fencing within seconds); Kafka's defaults for controller.quorum.*.
+    c = new_cluster(3, overrides=FAST_SESSION)
+    everyone = c.expected_brokers()
+    c.wait_brokers(everyone)
+
+    active, epoch = wait_for(lambda: c.active_controller()[0] > 0 and c.active_controller(),
+                             "a node logs that it is the active controller")
+    victim = c.nodes[active]
+    survivors = [n for n in c.brokers if n is not victim]
+    victim.kill()
+    assert not victim.alive()
+
+    # Another node takes over (a later epoch), and admin requests work again.
+    new_active, new_epoch = wait_for(
+        lambda: (lambda a: a if a[1] > epoch and a[0] != active else None)(c.active_controller()),
+        f"a node other than {active} becomes the active controller after epoch {epoch}", timeout=WAIT)
+    assert new_active in {n.node_id for n in survivors}
+
+    during = unique_name("cl-during")
+    asked = survivors[0]
+
+    def created() -> bool:
+        err, msg = asked.create_topic_raw(during, 4, timeout_ms=10000)
+        assert err in (0, 36), f"CreateTopics through node {asked.node_id}: error {err} {msg}"  # 36: exists (a retry)
+        return True
+
+    wait_for(created, f"CreateTopics {during} through node {asked.node_id} succeeds", timeout=WAIT)
+    c.wait_topic_everywhere(during, 4, asked=survivors)
+
+    # The dead broker is fenced: the survivors stop listing it.
+    alive_set = c.expected_brokers(survivors)
+    c.wait_brokers(alive_set, asked=survivors, timeout=WAIT)
+    for n in survivors:
+        dc = n.describe_cluster()
+        assert {b.broker_id for b in dc.brokers} == {m.node_id for m in survivors}, f"node {n.node_id}"
+    # New placements avoid a fenced broker.
+    fenced_time = unique_name("cl-fenced")
+    err, msg = survivors[1].create_topic_raw(fenced_time, 6)
+    assert err == 0, f"CreateTopics through node {survivors[1].node_id}: error {err} {msg}"
+    leaders = c.wait_topic_everywhere(fenced_time, 6, asked=survivors)
+    assert set(leaders.values()) == {n.node_id for n in survivors}, f"placed on the fenced broker: {leaders}"
+
+    # Restarted from the same files, the node rejoins and catches up.
+    victim.start()
+    c.wait_brokers(everyone, timeout=WAIT)
+    c.wait_topic_everywhere(during, 4)
+    c.wait_topic_everywhere(fenced_time, 6)
+    after = unique_name("cl-after")
+    err, msg = victim.create_topic_raw(after, 6)
+    assert err == 0, f"CreateTopics through the restarted node: error {err} {msg}"
+    leaders = c.wait_topic_everywhere(after, 6)
+    assert set(leaders.values()) == {1, 2, 3}, f"6 partitions not spread over the 3 brokers again: {leaders}"
+
+
+# -- 5. a node of another cluster ----------------------------------------------------------
+
+
+def test_node_with_another_cluster_id_is_not_admitted(tmp_path, request):
+    """Nodes 1 and 2 formatted for cluster A, node 3 (same voters) for cluster B.
+
+    Kafka's answer: the quorum refuses node 3's Raft requests with
+    INCONSISTENT_CLUSTER_ID and its BrokerRegistration too; node 3 never
+    becomes a broker of cluster A, and says why in its log.
+    """
+    from kbroker import localcluster
+
+    base = free_port_block(3)
+    cbase = free_port_block(3, avoid=(range(base, base + 3),))
+    plan = localcluster.plan(3, None, str(tmp_path / "cluster"), base, cbase,
+                             [f"{k}={v}" for k, v in FAST_SESSION.items()])
+    localcluster.write_properties(plan)
+
+    ids = []
+    for _ in range(2):
+        r = kbroker_cli("random-uuid")
+        assert r.returncode == 0, r.stderr
+        ids.append(r.stdout.strip())
+    cluster_a, cluster_b = ids
+    assert cluster_a != cluster_b
+    nodes = []
+    for spec in plan.nodes:
+        cid = cluster_b if spec.node_id == 3 else cluster_a
+        r = kbroker_cli("format", "-t", cid, "-c", spec.config_path)
+        assert r.returncode == 0, f"kbroker format node {spec.node_id}: {r.stdout}{r.stderr}"
+        nodes.append(Node(spec.node_id, Path(spec.directory), spec.broker_port, spec.controller_port))
+    n1, n2, n3 = nodes
+    for n in nodes:
+        watch_broker(request, n)
+    try:
+        for n in nodes:
+            n.start()
+        healthy = [n1, n2]
+        c = Cluster.__new__(Cluster)  # only for its waits
+        c.nodes = {n.node_id: n for n in healthy}
+        c.wait_brokers(c.expected_brokers(healthy), asked=healthy, timeout=WAIT)
+        for n in healthy:
+            assert n.describe_cluster().cluster_id == cluster_a
+
+        # The healthy majority works: a topic is created and placed on 1 and 2 only.
+        t = unique_name("cl-two")
+        err, msg = n2.create_topic_raw(t, 4)
+        assert err == 0, f"CreateTopics: error {err} {msg}"
+        leaders = c.wait_topic_everywhere(t, 4, asked=healthy)
+        assert set(leaders.values()) <= {1, 2}
+
+        # Node 3 says, in its log (or has exited saying), that its cluster id is not the cluster's.
+        said = re.compile(r"inconsistent.?cluster.?id|cluster.?id.{0,80}(inconsistent|mismatch|does not match|differ)",
+                          re.IGNORECASE)
+
+        def node3_says_why() -> bool:
+            for n in healthy:  # meanwhile, node 3 is never a broker of cluster A
+                listed = {b[0] for b in n.brokers()}
+                assert 3 not in listed, f"node {n.node_id} lists node 3 of another cluster: {listed}"
+            return bool(said.search(n3.log_text(limit=10 ** 9)))
+
+        wait_for(node3_says_why, "node 3 logs that its cluster id is inconsistent with the quorum's",
+                 timeout=WAIT, interval=0.5, state=lambda: ("alive" if n3.alive() else f"exited {n3.proc.returncode}",
+                                                            n3.log_text(limit=3000)))
+        if not n3.alive():
+            assert n3.proc.returncode != 0, "node 3 exited with status 0 although it could not join"
+        for n in healthy:
+            assert 3 not in {b[0] for b in n.brokers()}
+            assert n.alive(), f"node {n.node_id} died"
+    finally:
+        for n in nodes:
+            try:
+                n.stop(timeout=30)
+            except AssertionError:
+                pass
+
+
+# -- 6. stopping the command -------------------------------------------------------------
+
+
+def test_sigterm_stops_every_node(cluster3):
+    """Last of the shared-cluster tests: it stops the shared cluster (a later user starts a new one)."""
+    c = cluster3
+    pids = {nid: n.pid for nid, n in c.nodes.items()}
+    assert all(pid_alive(p) for p in pids.values()), pids
+    code = c.terminate()
+    out = c.log_text(limit=10 ** 9)
+    assert code == 0, f"kbroker cluster exit status {code}:\n{out}"
+    assert "received SIGTERM" in out, out
+    for nid, pid in pids.items():
+        assert not pid_alive(pid), f"node {nid} (pid {pid}) outlived kbroker cluster"
+        assert f"node {nid} stopped (exit status 0)" in out, f"node {nid} did not stop cleanly:\n{out}"
+    for n in c.brokers:
+        with pytest.raises(OSError):
+            socket.create_connection((HOST, n.broker_port), timeout=2).close()
