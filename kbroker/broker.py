@@ -218,6 +218,27 @@ class Broker:
             # partition placed here before it is known, so loading is complete.
             await self.groups.start(self._nursery)
 
+    async def _controlled_shutdown(self) -> None:
+        """Ask the active controller to fence this broker now, so clients stop being sent here.
+
+        Kafka's controlled shutdown, minus moving leadership (with one replica
+        per partition there is nowhere to move it until replication lands).
+        Skipped when this node is the active controller: its own controller
+        listener is already draining, and its resignation hands the quorum
+        over anyway.  Bounded: a shutdown never waits on an unreachable quorum.
+        """
+        if not self.is_broker or self.broker_epoch < 0 or self.quorum.is_active:
+            return
+        with trio.move_on_after(2):
+            try:
+                await self.quorum.call(ApiKey.BROKER_HEARTBEAT, 1, {
+                    "broker_id": self.node_id, "broker_epoch": self.broker_epoch,
+                    "current_metadata_offset": self.quorum.applied - 1, "want_fence": True,
+                    "want_shut_down": True,
+                }, timeout=2)
+            except RequestFailed as e:
+                log.info("controlled shutdown: %s", e)
+
     async def _fencing_loop(self) -> None:
         timeout = self.config["broker.session.timeout.ms"]
         while True:
@@ -271,6 +292,7 @@ class Broker:
 
     async def close(self) -> None:
         if self.quorum is not None:
+            await self._controlled_shutdown()
             with trio.move_on_after(2):
                 await self.quorum.close()
         if self.logs is not None:

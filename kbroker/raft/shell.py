@@ -40,7 +40,7 @@ from typing import Callable
 
 import trio
 
-from protocol import ErrorCode
+from protocol import ErrorCode, ProtocolError
 
 from ..netclient import PeerConnection, RequestFailed
 from . import wire
@@ -218,11 +218,13 @@ class RaftShell:
                 try:
                     raw = await conn.request(api, version, body, timeout=timeout)
                     response = wire.response_from_kafka(api, version, msg.correlation_id, raw)
-                except (RequestFailed, ValueError) as e:
+                except (RequestFailed, ValueError, ProtocolError) as e:
                     log.debug("raft: %s to node %d lost: %s", type(msg).__name__, peer, e)
                     # Do not spin on a dead peer: the node resends on its own timers.
                     await trio.sleep(self.config.retry_backoff_ms / 1000)
                     continue
+                # An OSError here is the metadata log's disk failing: it ends
+                # the process (Kafka treats it as fatal), nothing else does.
                 self.node.handle(response, _now_ms())
                 self._pump()
         finally:
