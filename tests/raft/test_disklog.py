@@ -14,6 +14,7 @@ import random
 import pytest
 
 from kbroker.log.config import LogConfig
+from kbroker.log.partition_log import PartitionLog
 from kbroker.raft import (
     LEADER_CHANGE,
     Entry,
@@ -28,6 +29,28 @@ from kbroker.raft.disklog import METADATA_PARTITION_DIR, DiskRaftLog, Inconsiste
 
 # Small segments, so that rolls and whole-segment deletions happen in small tests.
 SMALL = LogConfig(retention_ms=-1, retention_bytes=-1, segment_bytes=400)
+
+
+@pytest.fixture(autouse=True)
+def close_every_log(monkeypatch):
+    """Close whatever a test left open (assertions on a fresh reopen read best inline).
+
+    Also makes fsync only check its descriptor: the crashes here happen
+    in-process and keep the page cache, so a real fsync buys these tests no
+    coverage, only time (milliseconds each on a busy disk, hundreds of them).
+    """
+    monkeypatch.setattr(os, "fsync", os.fstat)
+    opened = []
+    init = DiskRaftLog.__init__
+
+    def tracking_init(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        opened.append(self)
+
+    monkeypatch.setattr(DiskRaftLog, "__init__", tracking_init)
+    yield
+    for log in opened:
+        log.close()
 
 
 def entries_of(epochs, start=0):
@@ -178,10 +201,7 @@ def _same_ops(rng: random.Random, disk: DiskRaftLog, model: MemoryRaftLog, tmp_p
 
 
 @pytest.mark.parametrize("seed", range(4))
-def test_the_disk_log_answers_as_the_memory_log_does_across_reopens(tmp_path, monkeypatch, seed):
-    # Its "crashes" happen in-process and keep the page cache: fsync buys
-    # this test no coverage, only time (hundreds of them).
-    monkeypatch.setattr(os, "fsync", lambda fd: None)
+def test_the_disk_log_answers_as_the_memory_log_does_across_reopens(tmp_path, seed):
     disk = DiskRaftLog.open(str(tmp_path), config=SMALL)
     disk = _same_ops(random.Random(seed), disk, MemoryRaftLog(), tmp_path, 60)
     # the snapshot is the only .checkpoint; segments wholly below it are gone
@@ -258,6 +278,20 @@ def test_payloads_must_be_bytes(tmp_path):
     log.append([Entry(0, 1, bytearray(b"ab")), Entry(1, 1, memoryview(b"cd"))])
     assert [e.payload for e in log.entries(0, 2)] == [b"ab", b"cd"]
     assert [type(e.payload) for e in reopened(log).entries(0, 2)] == [bytes, bytes]
+
+
+def test_over_wraps_a_partition_log_opened_elsewhere(tmp_path):
+    log = DiskRaftLog.open(str(tmp_path))
+    log.append(entries_of([1, 1, 2]))
+    log.take_snapshot(Snapshot(SnapshotId(1, 1), b"s"))
+    log.close()
+    plog = PartitionLog.open(str(tmp_path / METADATA_PARTITION_DIR), DiskRaftLog.CONFIG)  # as the LogManager does
+    log = DiskRaftLog.over(plog)
+    assert (log.start_offset, log.entries(1, 10), log.latest_snapshot) == (
+        1, entries_of([1, 2], start=1), Snapshot(SnapshotId(1, 1), b"s"))
+    log.append(entries_of([2], start=3))
+    log.close()
+    assert plog.closed and DiskRaftLog.open(str(tmp_path)).end_offset == 4
 
 
 # ---------------------------------------------------------------- crashes
