@@ -58,10 +58,12 @@ snapshot); open() finds it and redoes the cut and the rewrite, which gives
 the same log whichever step the crash interrupted.
 
 Costs: every :meth:`~DiskRaftLog.append` and :meth:`~DiskRaftLog.truncate_to`
-blocks on ``fsync`` (PartitionLog.flush: the segment, its indexes, the
-recovery-point checkpoint, the directory after a roll), in the caller's
-thread.  The Raft state machine is synchronous, so a trio shell should run
-its steps in a worker thread or accept the stall.
+blocks on ``fsync`` in the caller's thread -- PartitionLog.flush: the
+segment and the recovery-point checkpoint (about two fsyncs an append; the
+directory too after a roll).  A truncation inside a batch adds three (the
+side file, the directory twice), a snapshot two or three.  The Raft state
+machine is synchronous, so a trio shell should run its steps in a worker
+thread or accept the stall.
 """
 
 from __future__ import annotations
