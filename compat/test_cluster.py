@@ -293,6 +293,104 @@ class Node:
                 if int(m.group(1)) == self.node_id]
 
 
+
+# -- waits over some nodes ---------------------------------------------------------------
+
+
+def expected_brokers(nodes: list[Node]) -> set[tuple[int, str, int]]:
+    return {(n.node_id, HOST, n.broker_port) for n in nodes}
+
+
+def wait_brokers(asked: list[Node], expected: set, timeout: float = WAIT) -> None:
+    """Until every node in ``asked`` lists exactly ``expected`` in Metadata."""
+    wait_for(lambda: all(n.brokers() == expected for n in asked),
+             f"nodes {[n.node_id for n in asked]} list brokers {sorted(expected)}", timeout,
+             state=lambda: {n.node_id: sorted(n.brokers()) for n in asked})
+
+
+def wait_topic_everywhere(asked: list[Node], name: str, partitions: int, timeout: float = WAIT) -> dict[int, int]:
+    """Until every node shows ``name`` with ``partitions`` partitions, all led, the same leaders; the leaders."""
+
+    def same():
+        views = [n.topics([name]).get(name) for n in asked]
+        first = views[0]
+        if (first is None or len(first) != partitions or any(leader < 0 for leader in first.values())
+                or any(v != first for v in views)):
+            return None
+        return first
+
+    return wait_for(same, f"topic {name} with {partitions} led partitions, the same on nodes "
+                          f"{[n.node_id for n in asked]}", timeout,
+                    state=lambda: {n.node_id: n.topics([name]).get(name) for n in asked})
+
+
+def wait_topic_gone(asked: list[Node], name: str, timeout: float = WAIT) -> None:
+    wait_for(lambda: all(name not in n.topics([name]) for n in asked),
+             f"topic {name} gone from nodes {[n.node_id for n in asked]}", timeout,
+             state=lambda: {n.node_id: n.topics([name]).get(name) for n in asked})
+
+
+
+# -- data --------------------------------------------------------------------------------
+
+
+def produce_values(bootstrap: str, topic: str, values: list[str]) -> None:
+    """Produce with acks=all (idempotent librdkafka); every message delivered or AssertionError."""
+    from confluent_kafka import Producer
+
+    errors = []
+    p = Producer({"bootstrap.servers": bootstrap, "acks": "all", "enable.idempotence": True, "linger.ms": 5,
+                  "message.timeout.ms": int(WAIT * 1000)})
+    for i, v in enumerate(values):
+        p.produce(topic, key=str(i).encode(), value=v.encode(),
+                  on_delivery=lambda err, msg: errors.append(err) if err else None)
+        p.poll(0)
+    left = p.flush(WAIT)
+    assert left == 0, f"{left} messages to {topic} not delivered within {WAIT:.0f}s"
+    assert not errors, f"delivery errors: {errors[:5]}"
+
+
+def end_offsets(bootstrap: str, topic: str, partitions: int) -> dict[int, int]:
+    """{partition: high watermark}, asked of each partition's leader."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": unique_name("cl-wm"), "enable.auto.commit": False})
+    try:
+        return {p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in range(partitions)}
+    finally:
+        c.close()
+
+
+def read_values(bootstrap: str, topic: str, partitions: int, count: int, timeout: float = WAIT) -> list[str]:
+    """Every partition from its start (assigned, no group) until ``count`` records or the deadline."""
+    from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": unique_name("cl-read"), "enable.auto.commit": False})
+    got: list[str] = []
+    try:
+        c.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(partitions)])
+        deadline = time.monotonic() + timeout
+        while len(got) < count and time.monotonic() < deadline:
+            m = c.poll(0.5)
+            if m is None or (m.error() is not None and m.error().code() == -191):  # _PARTITION_EOF
+                continue
+            assert m.error() is None, f"consumer error: {m.error()}"
+            got.append(m.value().decode())
+    finally:
+        c.close()
+    return got
+
+
+def wait_data_back(bootstrap: str, topic: str, partitions: int, values: list[str], ends: dict[int, int],
+                   what: str) -> None:
+    """The partitions' end offsets are ``ends`` again and every value reads back."""
+    wait_for(lambda: end_offsets(bootstrap, topic, partitions) == ends,
+             f"{what}: the end offsets of {topic} are {ends} again",
+             state=lambda: end_offsets(bootstrap, topic, partitions))
+    got = read_values(bootstrap, topic, partitions, len(values))
+    assert sorted(got) == sorted(values), (f"{what}: read back {len(got)} of {len(values)} messages of {topic}; "
+                                           f"missing e.g. {sorted(set(values) - set(got))[:5]}")
+
 # -- a cluster -------------------------------------------------------------------------
 
 
@@ -408,40 +506,20 @@ class Cluster:
                 except AssertionError:
                     pass
 
-    # -- cluster-wide waits ----------------------------------------------------------
+    # -- cluster-wide waits (over every broker unless told) ----------------------------
 
     def expected_brokers(self, nodes: Optional[list[Node]] = None) -> set[tuple[int, str, int]]:
-        return {(n.node_id, HOST, n.broker_port) for n in (nodes if nodes is not None else self.brokers)}
+        return expected_brokers(nodes if nodes is not None else self.brokers)
 
     def wait_brokers(self, expected: set, asked: Optional[list[Node]] = None, timeout: float = WAIT) -> None:
-        """Until every node in ``asked`` lists exactly ``expected`` in Metadata."""
-        asked = asked if asked is not None else self.brokers
-        wait_for(lambda: all(n.brokers() == expected for n in asked),
-                 f"nodes {[n.node_id for n in asked]} list brokers {sorted(expected)}", timeout,
-                 state=lambda: {n.node_id: sorted(n.brokers()) for n in asked})
+        wait_brokers(asked if asked is not None else self.brokers, expected, timeout)
 
     def wait_topic_everywhere(self, name: str, partitions: int, asked: Optional[list[Node]] = None,
                               timeout: float = WAIT) -> dict[int, int]:
-        """Until every node shows ``name`` with ``partitions`` partitions, all led, the same leaders; the leaders."""
-        asked = asked if asked is not None else self.brokers
-
-        def same():
-            views = [n.topics([name]).get(name) for n in asked]
-            first = views[0]
-            if (first is None or len(first) != partitions or any(leader < 0 for leader in first.values())
-                    or any(v != first for v in views)):
-                return None
-            return first
-
-        return wait_for(same, f"topic {name} with {partitions} led partitions, the same on nodes "
-                              f"{[n.node_id for n in asked]}", timeout,
-                        state=lambda: {n.node_id: n.topics([name]).get(name) for n in asked})
+        return wait_topic_everywhere(asked if asked is not None else self.brokers, name, partitions, timeout)
 
     def wait_topic_gone(self, name: str, asked: Optional[list[Node]] = None, timeout: float = WAIT) -> None:
-        asked = asked if asked is not None else self.brokers
-        wait_for(lambda: all(name not in n.topics([name]) for n in asked),
-                 f"topic {name} gone from nodes {[n.node_id for n in asked]}", timeout,
-                 state=lambda: {n.node_id: n.topics([name]).get(name) for n in asked})
+        wait_topic_gone(asked if asked is not None else self.brokers, name, timeout)
 
     def active_controller(self) -> tuple[int, int]:
         """(node id, epoch) of the latest "is the active controller" line in the nodes' logs."""
@@ -698,6 +776,16 @@ def test_active_controller_sigkill_failover_and_rejoin(new_cluster):
     active, epoch = wait_for(lambda: c.active_controller()[0] > 0 and c.active_controller(),
                              "a node logs that it is the active controller")
     victim = c.nodes[active]
+
+    # Data on every broker (RF=1: the victim's partitions are only on the victim).
+    kept = unique_name("cl-kept")
+    err, msg = c.nodes[1].create_topic_raw(kept, 6)
+    assert err == 0, f"CreateTopics {kept}: error {err} {msg}"
+    assert set(c.wait_topic_everywhere(kept, 6).values()) == {1, 2, 3}
+    kept_values = [f"kept-{i}" for i in range(120)]
+    produce_values(c.bootstrap, kept, kept_values)
+    kept_ends = end_offsets(c.bootstrap, kept, 6)
+    assert sum(kept_ends.values()) == 120, kept_ends
     survivors = [n for n in c.brokers if n is not victim]
     victim.kill()
     assert not victim.alive()
@@ -742,6 +830,37 @@ def test_active_controller_sigkill_failover_and_rejoin(new_cluster):
     assert err == 0, f"CreateTopics through the restarted node: error {err} {msg}"
     leaders = c.wait_topic_everywhere(after, 6)
     assert set(leaders.values()) == {1, 2, 3}, f"6 partitions not spread over the 3 brokers again: {leaders}"
+    # What the victim held before it was killed is still there.
+    wait_data_back(c.bootstrap, kept, 6, kept_values, kept_ends, f"node {victim.node_id} restarted")
+
+
+def test_sigterm_restart_controlled_shutdown_keeps_data(new_cluster):
+    """A node stopped with SIGTERM leaves at once (controlled shutdown) and comes back with its data."""
+    # A session far longer than the wait below: only a controlled shutdown can
+    # take the stopped broker out of Metadata in time.
+    c = new_cluster(3, overrides={**FAST_SESSION, "broker.session.timeout.ms": "120000"})
+    c.wait_brokers(c.expected_brokers())
+    topic = unique_name("cl-clean")
+    err, msg = c.nodes[3].create_topic_raw(topic, 6)
+    assert err == 0, f"CreateTopics {topic}: error {err} {msg}"
+    assert set(c.wait_topic_everywhere(topic, 6).values()) == {1, 2, 3}
+    values = [f"clean-{i}" for i in range(120)]
+    produce_values(c.bootstrap, topic, values)
+    ends = end_offsets(c.bootstrap, topic, 6)
+    assert sum(ends.values()) == 120, ends
+
+    victim = c.nodes[2]
+    survivors = [c.nodes[1], c.nodes[3]]
+    victim.stop()
+    wait_for(lambda: f"node {victim.node_id} exited unexpectedly (exit status 0)" in c.log_text(limit=10 ** 9),
+             f"kbroker cluster reports node {victim.node_id} exited with status 0 after SIGTERM",
+             state=lambda: c.log_text(limit=3000))
+    c.wait_brokers(c.expected_brokers(survivors), asked=survivors, timeout=WAIT)
+
+    victim.start()
+    c.wait_brokers(c.expected_brokers())
+    assert set(c.wait_topic_everywhere(topic, 6).values()) == {1, 2, 3}
+    wait_data_back(c.bootstrap, topic, 6, values, ends, f"node {victim.node_id} restarted after SIGTERM")
 
 
 # -- 5. a node of another cluster ----------------------------------------------------------
@@ -782,9 +901,7 @@ def test_node_with_another_cluster_id_is_not_admitted(tmp_path, request):
         for n in nodes:
             n.start()
         healthy = [n1, n2]
-        c = Cluster.__new__(Cluster)  # only for its waits
-        c.nodes = {n.node_id: n for n in healthy}
-        c.wait_brokers(c.expected_brokers(healthy), asked=healthy, timeout=WAIT)
+        wait_brokers(healthy, expected_brokers(healthy))
         for n in healthy:
             assert n.describe_cluster().cluster_id == cluster_a
 
@@ -792,7 +909,7 @@ def test_node_with_another_cluster_id_is_not_admitted(tmp_path, request):
         t = unique_name("cl-two")
         err, msg = n2.create_topic_raw(t, 4)
         assert err == 0, f"CreateTopics: error {err} {msg}"
-        leaders = c.wait_topic_everywhere(t, 4, asked=healthy)
+        leaders = wait_topic_everywhere(healthy, t, 4)
         assert set(leaders.values()) <= {1, 2}
 
         # Node 3 says, in its log (or has exited saying), that its cluster id is not the cluster's.
@@ -839,3 +956,163 @@ def test_sigterm_stops_every_node(cluster3):
     for n in c.brokers:
         with pytest.raises(OSError):
             socket.create_connection((HOST, n.broker_port), timeout=2).close()
+
+
+# -- 7. separate controller and broker nodes ----------------------------------------------
+
+
+def _shape_landed() -> bool:
+    from kbroker.config import Config
+
+    c = Config.load(None, ["process.roles=broker", "node.id=2", "controller.quorum.voters=1@localhost:9093",
+                           "controller.listener.names=CONTROLLER", "listeners=PLAINTEXT://localhost:9092",
+                           "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT"])
+    return c.unsupported_cluster() is None
+
+
+@pytest.mark.groups
+@pytest.mark.skipif(not _shape_landed(), reason="broker-only and controller-only nodes do not run yet")
+def test_one_controller_three_brokers(new_cluster):
+    from confluent_kafka import Consumer, Producer
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    c = new_cluster(3, controllers=1, overrides=FAST_SESSION)
+    assert sorted(c.nodes) == [1, 2, 3, 4]
+    assert c.nodes[1].broker_port is None and c.nodes[1].roles == "controller"
+    brokers = c.brokers
+    assert [n.node_id for n in brokers] == [2, 3, 4]
+    c.wait_brokers(c.expected_brokers())
+    for n in brokers:
+        dc = n.describe_cluster()
+        assert {b.broker_id for b in dc.brokers} == {2, 3, 4}, f"node {n.node_id}"
+    # The controller-only node has no broker listener.
+    assert c.bootstrap == ",".join(n.bootstrap for n in brokers)
+
+    topic = unique_name("cl-shape")
+    admin = AdminClient({"bootstrap.servers": brokers[0].bootstrap})  # alive until the result is in
+    admin.create_topics(
+        [NewTopic(topic, num_partitions=6, replication_factor=1)],
+        operation_timeout=WAIT, request_timeout=WAIT)[topic].result(WAIT)
+    leaders = c.wait_topic_everywhere(topic, 6)
+    assert set(leaders.values()) == {2, 3, 4}, f"partitions not spread over the 3 brokers: {leaders}"
+
+    errors = []
+    p = Producer({"bootstrap.servers": brokers[2].bootstrap, "acks": "all", "enable.idempotence": True,
+                  "message.timeout.ms": int(WAIT * 1000)})
+    for i in range(100):
+        p.produce(topic, key=str(i).encode(), value=f"v-{i}".encode(),
+                  on_delivery=lambda err, msg: errors.append(err) if err else None)
+    assert p.flush(WAIT) == 0 and not errors, errors[:5]
+
+    consumer = Consumer({"bootstrap.servers": brokers[1].bootstrap, "group.id": unique_name("cl-shape-g"),
+                         "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    try:
+        consumer.subscribe([topic])
+        got = []
+        deadline = time.monotonic() + 60
+        while len(got) < 100 and time.monotonic() < deadline:
+            m = consumer.poll(0.5)
+            if m is None:
+                continue
+            assert m.error() is None, f"consumer error: {m.error()}"
+            got.append(m.value().decode())
+        assert sorted(got) == sorted(f"v-{i}" for i in range(100)), f"got {len(got)}"
+        consumer.commit(asynchronous=False)
+    finally:
+        consumer.close()
+
+
+# -- 8. catching up from a metadata snapshot ---------------------------------------------
+
+
+def _snapshots_landed() -> bool:
+    from kbroker.config import BROKER_CONFIGS
+
+    d = BROKER_CONFIGS.get("metadata.log.max.record.bytes.between.snapshots")
+    return d is not None and getattr(d, "effective", True)
+
+
+INCREMENTAL_ALTER_CONFIGS = 44
+
+
+@pytest.mark.skipif(not _snapshots_landed(), reason="metadata snapshots are not written yet")
+def test_restarted_node_catches_up_after_1000_changes_through_a_snapshot(new_cluster):
+    c = new_cluster(3, overrides={**FAST_SESSION, "metadata.log.max.record.bytes.between.snapshots": "4096"})
+    c.wait_brokers(c.expected_brokers())
+    active, _ = wait_for(lambda: c.active_controller()[0] > 0 and c.active_controller(),
+                         "a node logs that it is the active controller")
+    # A node that is not the active controller goes down (the quorum keeps its majority).
+    victim = c.nodes[max(nid for nid in c.nodes if nid != active)]
+    survivors = [n for n in c.brokers if n is not victim]
+    via = survivors[0]
+
+    topics = [unique_name(f"cl-snap{i}") for i in range(10)]
+    for t in topics:
+        err, msg = via.create_topic_raw(t, 3)
+        assert err == 0, f"CreateTopics {t}: error {err} {msg}"
+    doomed = unique_name("cl-doomed")
+    err, msg = via.create_topic_raw(doomed, 3)
+    assert err == 0, f"CreateTopics {doomed}: error {err} {msg}"
+    for t in topics + [doomed]:
+        assert set(c.wait_topic_everywhere(t, 3).values()) == {1, 2, 3}
+    # Data on every broker, the victim's only on the victim (RF=1).
+    data = {t: [f"{t}-{i}" for i in range(30)] for t in topics[:3]}
+    ends = {}
+    for t, values in data.items():
+        produce_values(c.bootstrap, t, values)
+        ends[t] = end_offsets(c.bootstrap, t, 3)
+
+    victim.kill()
+
+    # 1,000 changes while it is down: 100 IncrementalAlterConfigs of 10 topics each,
+    # half through each survivor; then more topics, and one deleted.
+    final = {}
+    socks = {n.node_id: kraw.connect(HOST, n.broker_port, timeout=WAIT) for n in survivors}
+    try:
+        for round_ in range(100):
+            n = survivors[round_ % 2]
+            values = {t: str(3_600_000 + round_ * 10 + i) for i, t in enumerate(topics)}
+            resp = kraw.call(socks[n.node_id], INCREMENTAL_ALTER_CONFIGS, 1, {
+                "resources": [{"resource_type": TOPIC_RESOURCE, "resource_name": t, "configs": [
+                    {"name": "retention.ms", "config_operation": 0, "value": v}]} for t, v in values.items()],
+                "validate_only": False}, correlation_id=round_ + 1)
+            bad = [(r.resource_name, r.error_code, r.error_message) for r in resp.responses if r.error_code != 0]
+            assert not bad, f"IncrementalAlterConfigs round {round_} through node {n.node_id}: {bad}"
+            final = values
+    finally:
+        for s in socks.values():
+            s.close()
+    later = [unique_name(f"cl-later{i}") for i in range(5)]
+    for t in later:
+        err, msg = survivors[1].create_topic_raw(t, 2)
+        assert err == 0, f"CreateTopics {t}: error {err} {msg}"
+    from kafka.admin import KafkaAdminClient
+
+    kp = KafkaAdminClient(bootstrap_servers=via.bootstrap, request_timeout_ms=int(WAIT * 1000))
+    try:
+        kp.delete_topics([doomed], timeout_ms=int(WAIT * 1000))
+    finally:
+        kp.close()
+    wait_topic_gone(survivors, doomed)
+    for t in later:
+        wait_topic_everywhere(survivors, t, 2)
+    # The survivors snapshotted (and dropped the log the snapshots cover).
+    for n in survivors:
+        assert list((n.directory / "data" / "__cluster_metadata-0").glob("*.checkpoint")), \
+            f"node {n.node_id} wrote no metadata snapshot after 1,000 changes"
+
+    victim.start()
+    c.wait_brokers(c.expected_brokers(), timeout=WAIT)
+    for t in later:
+        c.wait_topic_everywhere(t, 2)
+    c.wait_topic_gone(doomed)
+    for t in topics:
+        c.wait_topic_everywhere(t, 3)
+    wait_for(lambda: all(victim.topic_config(t, "retention.ms") == v for t, v in final.items()),
+             f"node {victim.node_id} sees the last of the 1,000 config changes",
+             state=lambda: {t: victim.topic_config(t, "retention.ms") for t in topics})
+    checkpoints = list((victim.directory / "data" / "__cluster_metadata-0").glob("*.checkpoint"))
+    assert checkpoints, f"no metadata snapshot under node {victim.node_id}'s __cluster_metadata-0"
+    # What the victim held before it was killed is still there.
+    for t, values in data.items():
+        wait_data_back(c.bootstrap, t, 3, values, ends[t], f"node {victim.node_id} caught up from a snapshot")
