@@ -126,7 +126,7 @@ async def broker_registration(broker, header, body):
                            for e in body.listeners],
             "features": [], "rack": body.rack, "fenced": False, "in_controlled_shutdown": False,
             "log_dirs": [],
-        })]
+        }), *broker.controller.leaderless_for(body.broker_id)]
 
     try:
         await broker.submit(decide)
@@ -152,10 +152,16 @@ async def broker_heartbeat(broker, header, body):
     quorum.last_heartbeat[body.broker_id] = trio.current_time()
     want_fenced = body.want_fence or body.want_shut_down
     if reg.fenced != want_fenced:
-        record = ("FenceBrokerRecord" if want_fenced else "UnfenceBrokerRecord", {"id": body.broker_id,
-                                                                                  "epoch": reg.epoch})
+        def decide():
+            current = broker.image.brokers.get(body.broker_id)
+            if current is None or current.epoch != body.broker_epoch or current.fenced == want_fenced:
+                return []
+            if want_fenced:
+                return broker.controller.fence_broker(body.broker_id, current.epoch)
+            return broker.controller.unfence_broker(body.broker_id, current.epoch)
+
         try:
-            await broker.submit([record])
+            await broker.submit(decide)
         except NotControllerError:
             return {**out, "error_code": ErrorCode.NOT_CONTROLLER}
         log.info("broker %d %s", body.broker_id, "fenced at its request" if want_fenced else "unfenced")

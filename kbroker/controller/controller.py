@@ -101,6 +101,37 @@ class Controller:
             )
         ]
 
+    def fence_broker(self, broker_id: int, epoch: int) -> list[Record]:
+        """Fence a broker and move the leadership of every partition it leads.
+
+        As Kafka's controller does: the new leader is another in-sync replica
+        that is not fenced; with none (a single replica) the partition has no
+        leader (-1) until that broker is back, and clients are told
+        LEADER_NOT_AVAILABLE rather than sent to a dead broker.  The ISR is
+        left as it is (never empty), so the last replica can lead again.
+        """
+        live = {b.broker_id for b in self.image.live_brokers()} - {broker_id}
+        records: list[Record] = [("FenceBrokerRecord", {"id": broker_id, "epoch": epoch})]
+        for t in self.image.topics.values():
+            for p in t.partitions.values():
+                if p.leader == broker_id:
+                    leader = next((r for r in p.isr if r in live), -1)
+                    records.append(self._leader_change(t.topic_id, p.partition_id, leader))
+        return records
+
+    def unfence_broker(self, broker_id: int, epoch: int) -> list[Record]:
+        return [("UnfenceBrokerRecord", {"id": broker_id, "epoch": epoch}), *self.leaderless_for(broker_id)]
+
+    def leaderless_for(self, broker_id: int) -> list[Record]:
+        """Leadership, for a broker coming back, of the leaderless partitions it is in sync for."""
+        return [self._leader_change(t.topic_id, p.partition_id, broker_id)
+                for t in self.image.topics.values() for p in t.partitions.values()
+                if p.leader < 0 and broker_id in p.isr]
+
+    @staticmethod
+    def _leader_change(topic_id, partition_id: int, leader: int) -> Record:
+        return ("PartitionChangeRecord", {"partition_id": partition_id, "topic_id": topic_id, "leader": leader})
+
     # -- topics ----------------------------------------------------------------
     def create_topic(
         self,

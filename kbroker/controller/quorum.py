@@ -190,7 +190,7 @@ class MetadataQuorum:
     def shell_now_ms(self) -> float:
         return trio.current_time() * 1000.0
 
-    async def fence_expired(self, image, submit, session_timeout_ms: int) -> None:
+    async def fence_expired(self, image, controller, submit, session_timeout_ms: int) -> None:
         """On the active controller: fence brokers not heard from for ``broker.session.timeout.ms``."""
         if not self.is_active:
             return
@@ -200,8 +200,14 @@ class MetadataQuorum:
                 continue
             seen = self.last_heartbeat.setdefault(b.broker_id, now)
             if (now - seen) * 1000 > session_timeout_ms:
+                def decide(broker_id=b.broker_id):
+                    current = controller.image.brokers.get(broker_id)
+                    if current is None or current.fenced:
+                        return []
+                    return controller.fence_broker(broker_id, current.epoch)
+
                 try:
-                    await submit([("FenceBrokerRecord", {"id": b.broker_id, "epoch": b.epoch})])
+                    await submit(decide)
                 except NotControllerError:
                     return
                 log.warning("broker %d fenced: no heartbeat for %d ms", b.broker_id, session_timeout_ms)

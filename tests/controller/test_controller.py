@@ -140,3 +140,43 @@ def test_collisions_with_existing_and_pending_topics():
     assert c.create_topics([spec("a_b")])[1][0].message == "Topic 'a_b' collides with existing topic: a.b"
     apply_all(image, [("RemoveTopicRecord", {"topic_id": image.topics["a.b"].topic_id})])
     assert c.create_topics([spec("a_b")])[1][0].error == ErrorCode.NONE
+
+
+def _leaders(image, name):
+    t = image.topics[name]
+    return {i: (p.leader, p.leader_epoch) for i, p in sorted(t.partitions.items())}
+
+
+def test_fencing_a_broker_moves_leadership_or_leaves_the_partition_leaderless_until_it_returns():
+    image = image_with_brokers(1, 2, 3)
+    c = controller(image)
+    records, results = c.create_topics([
+        {"name": "one", "num_partitions": 3, "replication_factor": 1},
+        {"name": "three", "num_partitions": -1, "replication_factor": -1, "assignments": [(0, [1, 2, 3])]},
+    ])
+    assert [r.error for r in results] == [ErrorCode.NONE, ErrorCode.NONE]
+    apply_all(image, records)
+    before = _leaders(image, "one")
+    led_by_1 = [i for i, (leader, _) in before.items() if leader == 1]
+    assert led_by_1 and _leaders(image, "three") == {0: (1, 0)}
+
+    fence = c.fence_broker(1, epoch=0)
+    assert fence[0] == ("FenceBrokerRecord", {"id": 1, "epoch": 0})
+    apply_all(image, [(n, {"isr": None, "replicas": None, **b}) if n == "PartitionChangeRecord" else (n, b)
+                      for n, b in fence])
+    assert image.brokers[1].fenced
+    after = _leaders(image, "one")
+    for i in led_by_1:  # one replica: no one else may lead, and no one is sent to the dead broker
+        assert after[i] == (-1, 1)
+    assert {i: v for i, v in after.items() if i not in led_by_1} == \
+        {i: v for i, v in before.items() if i not in led_by_1}  # untouched
+    assert _leaders(image, "three") == {0: (2, 1)}  # the next live in-sync replica leads
+    assert image.topics["three"].partitions[0].isr == [1, 2, 3]  # the ISR is left alone
+
+    back = c.unfence_broker(1, epoch=0)
+    apply_all(image, [(n, {"isr": None, "replicas": None, **b}) if n == "PartitionChangeRecord" else (n, b)
+                      for n, b in back])
+    assert not image.brokers[1].fenced
+    for i in led_by_1:
+        assert _leaders(image, "one")[i] == (1, 2)
+    assert _leaders(image, "three") == {0: (2, 1)}  # it has a leader: not taken back
