@@ -212,8 +212,7 @@ class Broker:
     async def _after_apply(self) -> None:
         self._apply_dynamic_config()
         await self._sync_partitions()
-        if (not self.groups.started and self.broker_epoch >= 0
-                and self.quorum.applied > self.broker_epoch):
+        if not self.groups.started and self.caught_up:
             # Caught up to our own registration: every __consumer_offsets
             # partition placed here before it is known, so loading is complete.
             await self.groups.start(self._nursery)
@@ -273,7 +272,7 @@ class Broker:
             self.broker_epoch = resp.broker_epoch
             log.info("registered as broker %d (epoch %d)", self.node_id, self.broker_epoch)
             self.registered.set()
-            self.quorum._committed.set()  # the group load may now be due
+            self.quorum.reapply()  # the group load and the stray-log cleanup may now be due
         while True:
             await trio.sleep(interval)
             try:
@@ -484,10 +483,27 @@ class Broker:
             for key in list(self.storage_errors):
                 if key not in wanted:
                     del self.storage_errors[key]
+            if not self.caught_up:
+                # A cluster node filling its image from the quorum has not yet
+                # heard of every topic: a log it does not know may be one it
+                # has simply not reached.  Deleting waits for the catch-up.
+                return
             # Logs of partitions no longer placed here, including topics deleted while we were down.
             for key, _plog in self.logs:
                 if key not in wanted and key[0] != METADATA_TOPIC:
                     self.logs.delete(*key)
+
+    @property
+    def caught_up(self) -> bool:
+        """The image holds every change committed before this process started.
+
+        Always so for the single node (it replays its whole log first).  A
+        cluster node knows it once it has applied its own registration,
+        which was committed after everything that came before it.
+        """
+        if self.quorum is None:
+            return True
+        return self.broker_epoch >= 0 and self.quorum.applied > self.broker_epoch
 
     def log_config_for(self, topic: str) -> LogConfig:
         overrides = self.image.topic_configs(topic)

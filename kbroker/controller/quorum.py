@@ -135,6 +135,10 @@ class MetadataQuorum:
         for conn in self._channels.values():
             await conn.aclose()
 
+    def reapply(self) -> None:
+        """Run the after-apply step again even if nothing new is committed (the broker's state changed)."""
+        self._committed.set()
+
     def _on_event(self, event) -> None:
         if isinstance(event, (HighWatermarkChanged, SnapshotLoaded)):
             self._committed.set()

@@ -60,6 +60,7 @@ from .store import QuorumStateStore
 log = logging.getLogger("kbroker.raft")
 
 LANE_DEPTH = 64
+INTERVAL_S = 60.0  # between two log lines about the same misconfigured peer
 _REQUESTS = (VoteRequest, BeginQuorumEpochRequest, EndQuorumEpochRequest, FetchRequest, FetchSnapshotRequest)
 
 
@@ -109,6 +110,7 @@ class RaftShell:
         self._nursery: trio.Nursery | None = None
         self._closed = False
         self.changed = trio.Event()  # set (and replaced) whenever the role or high watermark changes
+        self._complained: dict[int, float] = {}
 
     # ------------------------------------------------------------------ lifecycle
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
@@ -135,8 +137,19 @@ class RaftShell:
                 await trio.sleep(0.01)
 
     # ------------------------------------------------------------------ inputs
+    def _complain(self, peer: int, text: str) -> None:
+        """Log a lasting misconfiguration once a minute per peer, not once per retry."""
+        now = trio.current_time()
+        if now - self._complained.get(peer, -INTERVAL_S) >= INTERVAL_S:
+            self._complained[peer] = now
+            log.error("raft: %s", text)
+
     async def serve(self, request: Message) -> Message:
         """Hand an inbound request to the node and wait for its answer (a parked Fetch waits here)."""
+        if request.cluster_id is not None and request.cluster_id != self.cluster_id:
+            self._complain(sender_of(request), f"refusing {type(request).__name__} from node {sender_of(request)}: "
+                                               f"its cluster id {request.cluster_id} is not this cluster's "
+                                               f"({self.cluster_id}): INCONSISTENT_CLUSTER_ID")
         key = (sender_of(request), request.correlation_id)
         waiter = _Waiter()
         self._waiters[key] = waiter
@@ -223,6 +236,10 @@ class RaftShell:
                     # Do not spin on a dead peer: the node resends on its own timers.
                     await trio.sleep(self.config.retry_backoff_ms / 1000)
                     continue
+                if response.error_code == ErrorCode.INCONSISTENT_CLUSTER_ID:
+                    self._complain(peer, f"node {peer} refuses our {type(msg).__name__}: INCONSISTENT_CLUSTER_ID "
+                                         f"(this node belongs to cluster {self.cluster_id}; was it formatted with "
+                                         f"another cluster id than the quorum's?)")
                 # An OSError here is the metadata log's disk failing: it ends
                 # the process (Kafka treats it as fatal), nothing else does.
                 self.node.handle(response, _now_ms())
