@@ -83,6 +83,7 @@ class Broker:
                 "num.partitions": config["num.partitions"],
                 "default.replication.factor": config["default.replication.factor"],
             },
+            max_replication_factor=1,  # until followers replicate (issue 9)
         )
         self._producer_ids_next = 0
         self._producer_ids_end = 0

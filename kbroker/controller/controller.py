@@ -33,6 +33,10 @@ MAX_RECORDS_PER_USER_OP = 10_000
 MAX_PARTITIONS_PER_BATCH = 10_000
 TOO_MANY_PARTITIONS = "Excessively large number of partitions per request."
 TOO_MANY_RECORDS = "Unable to perform excessively large batch operation."
+# kbroker does not copy partitions between brokers yet (issue 9): the broker
+# builds its Controller with max_replication_factor=1.
+NO_REPLICATION = ("kbroker does not replicate partitions yet: the replication factor must be 1 "
+                  "(replication is issue 9)")
 _LEGAL = re.compile(r"^[a-zA-Z0-9._-]+$")
 
 
@@ -77,10 +81,12 @@ def requested_partitions(num_partitions: int, assignments: int, default_partitio
 class Controller:
     """Turns admin requests into metadata records (a quorum of one, for now)."""
 
-    def __init__(self, image: MetadataImage, *, validate_topic_config, defaults: dict):
+    def __init__(self, image: MetadataImage, *, validate_topic_config, defaults: dict,
+                 max_replication_factor: int | None = None):
         self.image = image
         self.validate_topic_config = validate_topic_config
         self.defaults = defaults  # num.partitions, default.replication.factor
+        self.max_replication_factor = max_replication_factor
 
     # -- brokers -------------------------------------------------------------
     def register_broker(self, broker_id: int, endpoints: list, rack=None, epoch: int = 0) -> list[Record]:
@@ -224,6 +230,10 @@ class Controller:
                     f"{len(live)} broker(s) are registered.",
                 )
             plan = {p: [live[(p + i) % len(live)] for i in range(replication_factor)] for p in range(num_partitions)}
+        if self.max_replication_factor is not None and replication_factor > self.max_replication_factor:
+            # Followers do not fetch yet (issue 9): a second replica would be
+            # listed in sync while empty, and electing it would lose data.
+            return fail(ErrorCode.INVALID_REPLICATION_FACTOR, NO_REPLICATION)
         cfg_records = []
         final_configs = {}
         for cname, cvalue in (configs or {}).items():

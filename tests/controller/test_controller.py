@@ -180,3 +180,18 @@ def test_fencing_a_broker_moves_leadership_or_leaves_the_partition_leaderless_un
     for i in led_by_1:
         assert _leaders(image, "one")[i] == (1, 2)
     assert _leaders(image, "three") == {0: (2, 1)}  # it has a leader: not taken back
+
+
+def test_a_replication_factor_above_the_limit_is_refused_until_replication_exists():
+    image = image_with_brokers(1, 2, 3)
+    c = Controller(image, validate_topic_config=lambda k, v: v,
+                   defaults={"num.partitions": 1, "default.replication.factor": 1}, max_replication_factor=1)
+    records, results = c.create_topics([
+        {"name": "rf3", "num_partitions": 2, "replication_factor": 3},
+        {"name": "manual", "num_partitions": -1, "replication_factor": -1, "assignments": [(0, [1, 2])]},
+        {"name": "rf1", "num_partitions": 3, "replication_factor": 1},
+    ])
+    assert [r.error for r in results] == [ErrorCode.INVALID_REPLICATION_FACTOR, ErrorCode.INVALID_REPLICATION_FACTOR,
+                                          ErrorCode.NONE]
+    assert "does not replicate partitions yet" in results[0].message
+    assert {b["name"] for n, b in records if n == "TopicRecord"} == {"rf1"}
