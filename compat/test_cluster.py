@@ -308,18 +308,20 @@ def wait_brokers(asked: list[Node], expected: set, timeout: float = WAIT) -> Non
              state=lambda: {n.node_id: sorted(n.brokers()) for n in asked})
 
 
-def wait_topic_everywhere(asked: list[Node], name: str, partitions: int, timeout: float = WAIT) -> dict[int, int]:
-    """Until every node shows ``name`` with ``partitions`` partitions, all led, the same leaders; the leaders."""
+def wait_topic_everywhere(asked: list[Node], name: str, partitions: int, timeout: float = WAIT,
+                          led: bool = True) -> dict[int, int]:
+    """Until every node shows ``name`` with ``partitions`` partitions (all led, unless ``led=False``)
+    and the same leaders; the leaders."""
 
     def same():
         views = [n.topics([name]).get(name) for n in asked]
         first = views[0]
-        if (first is None or len(first) != partitions or any(leader < 0 for leader in first.values())
+        if (first is None or len(first) != partitions or (led and any(leader < 0 for leader in first.values()))
                 or any(v != first for v in views)):
             return None
         return first
 
-    return wait_for(same, f"topic {name} with {partitions} led partitions, the same on nodes "
+    return wait_for(same, f"topic {name} with {partitions}{' led' if led else ''} partitions, the same on nodes "
                           f"{[n.node_id for n in asked]}", timeout,
                     state=lambda: {n.node_id: n.topics([name]).get(name) for n in asked})
 
@@ -515,8 +517,8 @@ class Cluster:
         wait_brokers(asked if asked is not None else self.brokers, expected, timeout)
 
     def wait_topic_everywhere(self, name: str, partitions: int, asked: Optional[list[Node]] = None,
-                              timeout: float = WAIT) -> dict[int, int]:
-        return wait_topic_everywhere(asked if asked is not None else self.brokers, name, partitions, timeout)
+                              timeout: float = WAIT, led: bool = True) -> dict[int, int]:
+        return wait_topic_everywhere(asked if asked is not None else self.brokers, name, partitions, timeout, led)
 
     def wait_topic_gone(self, name: str, asked: Optional[list[Node]] = None, timeout: float = WAIT) -> None:
         wait_topic_gone(asked if asked is not None else self.brokers, name, timeout)
@@ -781,7 +783,8 @@ def test_active_controller_sigkill_failover_and_rejoin(new_cluster):
     kept = unique_name("cl-kept")
     err, msg = c.nodes[1].create_topic_raw(kept, 6)
     assert err == 0, f"CreateTopics {kept}: error {err} {msg}"
-    assert set(c.wait_topic_everywhere(kept, 6).values()) == {1, 2, 3}
+    kept_leaders = c.wait_topic_everywhere(kept, 6)
+    assert set(kept_leaders.values()) == {1, 2, 3}
     kept_values = [f"kept-{i}" for i in range(120)]
     produce_values(c.bootstrap, kept, kept_values)
     kept_ends = end_offsets(c.bootstrap, kept, 6)
@@ -805,7 +808,8 @@ def test_active_controller_sigkill_failover_and_rejoin(new_cluster):
         return True
 
     wait_for(created, f"CreateTopics {during} through node {asked.node_id} succeeds", timeout=WAIT)
-    c.wait_topic_everywhere(during, 4, asked=survivors)
+    # Placed while the dead broker is not fenced yet: some partitions may be its (leaderless once fenced).
+    c.wait_topic_everywhere(during, 4, asked=survivors, led=False)
 
     # The dead broker is fenced: the survivors stop listing it.
     alive_set = c.expected_brokers(survivors)
@@ -813,6 +817,11 @@ def test_active_controller_sigkill_failover_and_rejoin(new_cluster):
     for n in survivors:
         dc = n.describe_cluster()
         assert {b.broker_id for b in dc.brokers} == {m.node_id for m in survivors}, f"node {n.node_id}"
+    # Its single-replica partitions have no leader now (clients get LEADER_NOT_AVAILABLE, not a dead broker).
+    orphaned = {p: (-1 if leader == victim.node_id else leader) for p, leader in kept_leaders.items()}
+    wait_for(lambda: all(n.topics([kept]).get(kept) == orphaned for n in survivors),
+             f"the partitions node {victim.node_id} led are leaderless on the survivors: {orphaned}",
+             state=lambda: {n.node_id: n.topics([kept]).get(kept) for n in survivors})
     # New placements avoid a fenced broker.
     fenced_time = unique_name("cl-fenced")
     err, msg = survivors[1].create_topic_raw(fenced_time, 6)
@@ -825,6 +834,10 @@ def test_active_controller_sigkill_failover_and_rejoin(new_cluster):
     c.wait_brokers(everyone, timeout=WAIT)
     c.wait_topic_everywhere(during, 4)
     c.wait_topic_everywhere(fenced_time, 6)
+    # It leads its partitions again.
+    wait_for(lambda: all(n.topics([kept]).get(kept) == kept_leaders for n in c.brokers),
+             f"node {victim.node_id} leads its partitions of {kept} again: {kept_leaders}",
+             state=lambda: {n.node_id: n.topics([kept]).get(kept) for n in c.brokers})
     after = unique_name("cl-after")
     err, msg = victim.create_topic_raw(after, 6)
     assert err == 0, f"CreateTopics through the restarted node: error {err} {msg}"
@@ -843,7 +856,8 @@ def test_sigterm_restart_controlled_shutdown_keeps_data(new_cluster):
     topic = unique_name("cl-clean")
     err, msg = c.nodes[3].create_topic_raw(topic, 6)
     assert err == 0, f"CreateTopics {topic}: error {err} {msg}"
-    assert set(c.wait_topic_everywhere(topic, 6).values()) == {1, 2, 3}
+    leaders = c.wait_topic_everywhere(topic, 6)
+    assert set(leaders.values()) == {1, 2, 3}
     values = [f"clean-{i}" for i in range(120)]
     produce_values(c.bootstrap, topic, values)
     ends = end_offsets(c.bootstrap, topic, 6)
@@ -856,10 +870,16 @@ def test_sigterm_restart_controlled_shutdown_keeps_data(new_cluster):
              f"kbroker cluster reports node {victim.node_id} exited with status 0 after SIGTERM",
              state=lambda: c.log_text(limit=3000))
     c.wait_brokers(c.expected_brokers(survivors), asked=survivors, timeout=WAIT)
+    orphaned = {p: (-1 if leader == victim.node_id else leader) for p, leader in leaders.items()}
+    wait_for(lambda: all(n.topics([topic]).get(topic) == orphaned for n in survivors),
+             f"the partitions node {victim.node_id} led are leaderless on the survivors: {orphaned}",
+             state=lambda: {n.node_id: n.topics([topic]).get(topic) for n in survivors})
 
     victim.start()
     c.wait_brokers(c.expected_brokers())
-    assert set(c.wait_topic_everywhere(topic, 6).values()) == {1, 2, 3}
+    wait_for(lambda: all(n.topics([topic]).get(topic) == leaders for n in c.brokers),
+             f"node {victim.node_id} leads its partitions of {topic} again: {leaders}",
+             state=lambda: {n.node_id: n.topics([topic]).get(topic) for n in c.brokers})
     wait_data_back(c.bootstrap, topic, 6, values, ends, f"node {victim.node_id} restarted after SIGTERM")
 
 

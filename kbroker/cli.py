@@ -50,7 +50,7 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="kbroker",
-        description="An Apache Kafka-compatible broker (single combined broker/controller node).",
+        description="An Apache Kafka-compatible broker: a single node with no setup, or a node of a KRaft cluster.",
         epilog="Settings use Kafka's broker config names, e.g. "
                "--override listeners=PLAINTEXT://127.0.0.1:9092 --override log.dirs=/var/lib/kbroker. "
                "Storage commands, as kafka-storage.sh: 'kbroker format -t CLUSTER_ID -c FILE' "
