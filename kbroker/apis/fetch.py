@@ -88,7 +88,9 @@ def _collect(broker, body):
 
 
 def _is_metadata_fetch(body) -> bool:
-    return any(t.topic == METADATA_TOPIC or t.topic_id == METADATA_TOPIC_ID for t in body.topics)
+    """A replica's Fetch of ``__cluster_metadata`` (Raft's); a consumer's is answered as an unknown topic."""
+    replica = body.replica_id >= 0 or (body.replica_state is not None and body.replica_state.replica_id >= 0)
+    return replica and any(t.topic == METADATA_TOPIC or t.topic_id == METADATA_TOPIC_ID for t in body.topics)
 
 
 @handles(ApiKey.FETCH)

@@ -24,7 +24,7 @@ from protocol import ApiKey, ErrorCode, ProtocolError
 
 from ..controller.quorum import NotControllerError, as_controller, unwrap_envelope, wrap_response
 from ..raft import wire
-from . import CloseConnection, dispatch, handles
+from . import FORWARDED, CloseConnection, dispatch, handles
 
 log = logging.getLogger("kbroker.controller")
 
@@ -201,6 +201,11 @@ async def envelope(broker, header, body):
         inner_header, inner_body = unwrap_envelope(body.request_data)
     except ProtocolError as e:
         log.warning("refusing an Envelope whose request does not decode: %s", e)
+        return {"response_data": None, "error_code": ErrorCode.INVALID_REQUEST}
+    if inner_header.api_key not in FORWARDED:
+        log.warning("refusing an Envelope around %s: only admin requests are forwarded",
+                    ApiKey(inner_header.api_key).name if inner_header.api_key in ApiKey._value2member_map_
+                    else inner_header.api_key)
         return {"response_data": None, "error_code": ErrorCode.INVALID_REQUEST}
     token = as_controller.set(True)
     try:
