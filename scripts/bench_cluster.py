@@ -43,32 +43,33 @@ at the start is printed); compare runs made back to back.
                                     [--clients 4] [--batch 100] [--partitions 2]
                                     [--parts failover,visible,rate] [--dir DIR] [--port P]
 
-Measured on 2026-12-02 on this 2-core machine (load average ~5 from other work
-meanwhile; HEAD 402de49 plus changes then uncommitted in the shared tree), ``python scripts/bench_cluster.py`` with the defaults,
-3 min 34 s:
+Measured on 2026-12-02 on this 2-core machine (load average 5-9 from other work
+meanwhile), ``python scripts/bench_cluster.py`` with the defaults, at 9f1a936
+(2 min 43 s):
 
-* idle cluster: 19-23 % of a core per node (every node's Raft timer loop spins:
+* idle cluster: 24-25 % of a core per node.  Every node's Raft timer loop spins:
   RaftShell._pump ends with self._wake.set(), which wakes RaftShell._timer,
-  which calls _pump again -- epoll_wait(..., 0) thousands of times a second).
-* (1) kill -> CreateTopics succeeds: median 2131 ms, p99 = max 5221 ms (20 kills;
-  3 took 3.2-5.2 s: split votes, the two survivors' fetch timeouts expire within
-  ~10 ms of each other and both stand, then one retries after the election
-  backoff); kill -> new active controller logged: median 2023 ms, p99 5107 ms;
-  restart -> registered and caught up: median 4.1 s.  A second run
-  (--parts failover): median 2080 ms, p99 = max 3240 ms (2 split votes in 20).
-* (2) CreateTopics answer -> listed by all 3 brokers: median 19.7 ms, p99 129.7 ms,
-  max 222.9 ms (the CreateTopics answer itself: median 61 ms, p99 168 ms).
-* (3) 521 records/s committed (high watermark +6400 in 12.3 s, which is exactly
-  what the answers account for), ~800/s in the first second falling to 400-500/s
-  as the image grows; one CreateTopics of 100 topics x 2 partitions took a
-  median 2.2 s.  The controller decides, commits and applies one request at a
-  time (Broker.submit holds the metadata lock until the records are applied),
-  and every applied batch walks the whole image (Broker._after_apply ->
-  _sync_partitions -> log_config_for of every topic), so more clients do not
-  help and the rate falls as topics accumulate.
+  which calls _pump again (strace: epoll_wait(..., 0) thousands of times a second).
+* (1) kill -> CreateTopics succeeds: median 2041 ms, p99 = max 2251 ms (20 kills);
+  kill -> new active controller logged: median 1991 ms, p99 2171 ms; restart ->
+  registered and caught up: median 2.0 s, max 4.0 s.  Two earlier runs (at
+  402de49 plus then-uncommitted changes) had 3 and 2 kills in 20 of 3.1-5.2 s:
+  split votes (the survivors' fetch timeouts expire within ~10 ms of each other,
+  both pass the pre-vote and stand, one retries after the election backoff),
+  giving p99 5221 ms and 3240 ms (medians 2131 and 2080 ms).
+* (2) CreateTopics answer -> listed by all 3 brokers: median 13.2 ms, p99 64.9 ms,
+  max 77.1 ms (the CreateTopics answer itself: median 52 ms, p99 133 ms); an
+  earlier run: median 19.7 ms, p99 129.7 ms.
+* (3) 612 records/s committed (high watermark +7100 in 11.6 s, exactly what the
+  answers account for); one CreateTopics of 100 topics x 2 partitions took a
+  median 2.1 s; earlier runs 521-589/s.  The controller decides, commits and
+  applies one request at a time (Broker.submit holds the metadata lock until the
+  records are applied), and every applied batch walks the whole image
+  (Broker._after_apply -> _sync_partitions -> log_config_for of every topic), so
+  more clients do not help and each batch costs more as topics accumulate.
 
-Targets of issue 8: (1) <= 3 s: the median yes, p99 no; (2) p99 <= 100 ms: no;
-(3) >= 5,000 records/s: no, by 10x.
+Targets of issue 8: (1) <= 3 s: met unless a split vote happens (5 kills of 60);
+(2) p99 <= 100 ms: met in one run of two; (3) >= 5,000 records/s: not met, by 8-10x.
 """
 
 from __future__ import annotations
