@@ -51,7 +51,7 @@ FAST_SESSION = {
 
 # Api keys / versions of the raw requests.
 METADATA, DESCRIBE_CLUSTER, DESCRIBE_CONFIGS = 3, 60, 32
-CREATE_TOPICS, DELETE_TOPICS = 19, 20
+CREATE_TOPICS, DELETE_TOPICS, INCREMENTAL_ALTER_CONFIGS, DESCRIBE_QUORUM = 19, 20, 44, 55
 TOPIC_RESOURCE = 2
 
 ACTIVE_RE = re.compile(r"node (\d+) is the active controller \(epoch (\d+)")
@@ -287,6 +287,15 @@ class Node:
         (t,) = resp.topics
         return t.error_code, t.error_message
 
+    def describe_quorum(self, version: int = 2):
+        """DescribeQuorum of __cluster_metadata-0, asked on this node's CONTROLLER listener (the partition)."""
+        resp = kraw.request(HOST, self.controller_port, DESCRIBE_QUORUM, version, {
+            "topics": [{"topic_name": "__cluster_metadata", "partitions": [{"partition_index": 0}]}]})
+        assert resp.error_code == 0, f"node {self.node_id}: DescribeQuorum v{version} error {resp.error_code}"
+        (topic,) = resp.topics
+        (part,) = topic.partitions
+        return part
+
     def active_controller_epochs(self) -> list[int]:
         """The epochs this node logged "node N is the active controller" for (N = this node)."""
         return [int(m.group(2)) for m in ACTIVE_RE.finditer(self.log_text(limit=10 ** 9))
@@ -495,8 +504,17 @@ class Cluster:
                 raise AssertionError(f"kbroker cluster did not exit within {timeout:.0f}s of SIGTERM")
         return self.proc.returncode
 
-    def cleanup(self) -> None:
-        """Whatever happened: no process of this cluster outlives the test."""
+    def cleanup(self, fast: bool = False) -> None:
+        """Whatever happened: no process of this cluster outlives the test.
+
+        ``fast``: SIGKILL the nodes first (a throw-away cluster; clean stops are tested on their own).
+        """
+        if fast:
+            for n in self.nodes.values():
+                try:
+                    n.kill()
+                except AssertionError:
+                    pass
         try:
             self.terminate()
         except AssertionError:
@@ -556,7 +574,7 @@ def new_cluster(request, tmp_path):
 
     yield make
     for c in made:
-        c.cleanup()
+        c.cleanup(fast=True)
 
 
 @pytest.fixture(scope="module")
@@ -626,6 +644,38 @@ def test_every_node_lists_the_same_three_brokers(cluster3):
         assert {(b["broker_id"], b["host"], b["port"]) for b in desc["brokers"]} == expected, \
             f"kafka-python via node {n.node_id}"
 
+
+
+def test_describe_quorum_on_the_controller_listeners(cluster3):
+    """DescribeQuorum (what kafka-metadata-quorum.sh asks): the leader describes the quorum at every
+    version it advertises; the other voters answer NOT_LEADER_OR_FOLLOWER."""
+    c = cluster3
+    active, epoch = wait_for(lambda: c.active_controller()[0] > 0 and c.active_controller(),
+                             "a node logs that it is the active controller")
+    with kraw.connect(HOST, c.nodes[1].controller_port) as sock:
+        sock.sendall(kraw.api_versions_request(1))
+        _corr, err, apis = kraw.parse_api_versions_v0(kraw.read_frame(sock))
+    assert err == 0 and DESCRIBE_QUORUM in apis, f"DescribeQuorum not advertised on a CONTROLLER listener: {apis}"
+    lo, hi = apis[DESCRIBE_QUORUM]
+    problems = []
+    for version in range(lo, hi + 1):
+        for n in c.nodes.values():
+            try:
+                part = n.describe_quorum(version)
+            except (ConnectionError, OSError, AssertionError) as e:
+                problems.append(f"v{version} node {n.node_id}: {e}")
+                continue
+            if n.node_id != active:
+                if part.error_code != 6:  # NOT_LEADER_OR_FOLLOWER
+                    problems.append(f"v{version} node {n.node_id} (not the leader): error {part.error_code}")
+                continue
+            if (part.error_code, part.leader_id, part.leader_epoch) != (0, active, epoch):
+                problems.append(f"v{version} leader: {part}")
+            elif sorted(v.replica_id for v in part.current_voters) != [1, 2, 3] or part.observers:
+                problems.append(f"v{version} leader: voters/observers {part}")
+            elif part.high_watermark <= 0 or any(v.log_end_offset < 0 for v in part.current_voters):
+                problems.append(f"v{version} leader: offsets {part}")
+    assert not problems, "DescribeQuorum:\n" + "\n".join(problems)
 
 # -- 2. admin changes made through one node show on every node ----------------------------
 
@@ -778,6 +828,10 @@ def test_active_controller_sigkill_failover_and_rejoin(new_cluster):
     active, epoch = wait_for(lambda: c.active_controller()[0] > 0 and c.active_controller(),
                              "a node logs that it is the active controller")
     victim = c.nodes[active]
+    # DescribeQuorum, asked of the active controller, agrees.
+    q = victim.describe_quorum()
+    assert (q.error_code, q.leader_id, q.leader_epoch) == (0, active, epoch), q
+    assert sorted(v.replica_id for v in q.current_voters) == [1, 2, 3], q
 
     # Data on every broker (RF=1: the victim's partitions are only on the victim).
     kept = unique_name("cl-kept")
@@ -847,14 +901,20 @@ def test_active_controller_sigkill_failover_and_rejoin(new_cluster):
     wait_data_back(c.bootstrap, kept, 6, kept_values, kept_ends, f"node {victim.node_id} restarted")
 
 
-def test_sigterm_restart_controlled_shutdown_keeps_data(new_cluster):
-    """A node stopped with SIGTERM leaves at once (controlled shutdown) and comes back with its data."""
-    # A session far longer than the wait below: only a controlled shutdown can
-    # take the stopped broker out of Metadata in time.
-    c = new_cluster(3, overrides={**FAST_SESSION, "broker.session.timeout.ms": "120000"})
+def _sigterm_and_restart(c: Cluster, pick_victim: Callable[[int], int]) -> None:
+    """Data on every broker; SIGTERM one node (``pick_victim(active controller id)``): it leaves at
+    once (controlled shutdown), its partitions become leaderless; restarted, it leads them again, data intact.
+
+    The session is far longer than the waits: only a controlled shutdown can
+    take the stopped broker out of Metadata in time.
+    """
     c.wait_brokers(c.expected_brokers())
+    active, epoch = wait_for(lambda: c.active_controller()[0] > 0 and c.active_controller(),
+                             "a node logs that it is the active controller")
+    victim = c.nodes[pick_victim(active)]
+    survivors = [n for n in c.brokers if n is not victim]
     topic = unique_name("cl-clean")
-    err, msg = c.nodes[3].create_topic_raw(topic, 6)
+    err, msg = survivors[0].create_topic_raw(topic, 6)
     assert err == 0, f"CreateTopics {topic}: error {err} {msg}"
     leaders = c.wait_topic_everywhere(topic, 6)
     assert set(leaders.values()) == {1, 2, 3}
@@ -863,8 +923,6 @@ def test_sigterm_restart_controlled_shutdown_keeps_data(new_cluster):
     ends = end_offsets(c.bootstrap, topic, 6)
     assert sum(ends.values()) == 120, ends
 
-    victim = c.nodes[2]
-    survivors = [c.nodes[1], c.nodes[3]]
     victim.stop()
     wait_for(lambda: f"node {victim.node_id} exited unexpectedly (exit status 0)" in c.log_text(limit=10 ** 9),
              f"kbroker cluster reports node {victim.node_id} exited with status 0 after SIGTERM",
@@ -881,6 +939,24 @@ def test_sigterm_restart_controlled_shutdown_keeps_data(new_cluster):
              f"node {victim.node_id} leads its partitions of {topic} again: {leaders}",
              state=lambda: {n.node_id: n.topics([topic]).get(topic) for n in c.brokers})
     wait_data_back(c.bootstrap, topic, 6, values, ends, f"node {victim.node_id} restarted after SIGTERM")
+
+
+def test_sigterm_of_a_broker_controlled_shutdown_and_restart_keep_data(new_cluster):
+    """A node that is not the active controller, stopped with SIGTERM."""
+    c = new_cluster(3, overrides={**FAST_SESSION, "broker.session.timeout.ms": "120000"})
+    _sigterm_and_restart(c, lambda active: max(nid for nid in c.nodes if nid != active))
+
+
+def test_sigterm_of_the_active_controller_controlled_shutdown_and_restart_keep_data(new_cluster):
+    """The active controller's own broker, stopped with SIGTERM, is fenced at once too.
+
+    As in Kafka, where a combined node's broker shuts down (controlled
+    shutdown, acknowledged by the active controller) before its controller
+    does: a rolling restart must not leave clients sent to a dead broker for
+    a whole broker.session.timeout.ms.
+    """
+    c = new_cluster(3, overrides={**FAST_SESSION, "broker.session.timeout.ms": "120000"})
+    _sigterm_and_restart(c, lambda active: active)
 
 
 # -- 5. a node of another cluster ----------------------------------------------------------
@@ -981,17 +1057,7 @@ def test_sigterm_stops_every_node(cluster3):
 # -- 7. separate controller and broker nodes ----------------------------------------------
 
 
-def _shape_landed() -> bool:
-    from kbroker.config import Config
-
-    c = Config.load(None, ["process.roles=broker", "node.id=2", "controller.quorum.voters=1@localhost:9093",
-                           "controller.listener.names=CONTROLLER", "listeners=PLAINTEXT://localhost:9092",
-                           "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT"])
-    return c.unsupported_cluster() is None
-
-
 @pytest.mark.groups
-@pytest.mark.skipif(not _shape_landed(), reason="broker-only and controller-only nodes do not run yet")
 def test_one_controller_three_brokers(new_cluster):
     from confluent_kafka import Consumer, Producer
     from confluent_kafka.admin import AdminClient, NewTopic
@@ -1045,17 +1111,6 @@ def test_one_controller_three_brokers(new_cluster):
 # -- 8. catching up from a metadata snapshot ---------------------------------------------
 
 
-def _snapshots_landed() -> bool:
-    from kbroker.config import BROKER_CONFIGS
-
-    d = BROKER_CONFIGS.get("metadata.log.max.record.bytes.between.snapshots")
-    return d is not None and getattr(d, "effective", True)
-
-
-INCREMENTAL_ALTER_CONFIGS = 44
-
-
-@pytest.mark.skipif(not _snapshots_landed(), reason="metadata snapshots are not written yet")
 def test_restarted_node_catches_up_after_1000_changes_through_a_snapshot(new_cluster):
     c = new_cluster(3, overrides={**FAST_SESSION, "metadata.log.max.record.bytes.between.snapshots": "4096"})
     c.wait_brokers(c.expected_brokers())
@@ -1083,6 +1138,11 @@ def test_restarted_node_catches_up_after_1000_changes_through_a_snapshot(new_clu
         ends[t] = end_offsets(c.bootstrap, t, 3)
 
     victim.kill()
+    # Where the victim's metadata log ended, as the leader saw it.
+    q = c.nodes[active].describe_quorum()
+    assert q.error_code == 0 and q.leader_id == active, q
+    (victim_end,) = [v.log_end_offset for v in q.current_voters if v.replica_id == victim.node_id]
+    assert victim_end > 0, q
 
     # 1,000 changes while it is down: 100 IncrementalAlterConfigs of 10 topics each,
     # half through each survivor; then more topics, and one deleted.
@@ -1116,10 +1176,12 @@ def test_restarted_node_catches_up_after_1000_changes_through_a_snapshot(new_clu
     wait_topic_gone(survivors, doomed)
     for t in later:
         wait_topic_everywhere(survivors, t, 2)
-    # The survivors snapshotted (and dropped the log the snapshots cover).
+    # The survivors snapshotted, past the victim's end: the leader's log no longer
+    # holds what the victim misses, so only a snapshot (FetchSnapshot) can bring it back.
     for n in survivors:
-        assert list((n.directory / "data" / "__cluster_metadata-0").glob("*.checkpoint")), \
-            f"node {n.node_id} wrote no metadata snapshot after 1,000 changes"
+        snaps = [int(f.name.split("-")[0]) for f in (n.directory / "data" / "__cluster_metadata-0").glob("*.checkpoint")]
+        assert snaps, f"node {n.node_id} wrote no metadata snapshot after 1,000 changes"
+        assert max(snaps) > victim_end, f"node {n.node_id}: snapshots at {snaps}, the victim's log ended at {victim_end}"
 
     victim.start()
     c.wait_brokers(c.expected_brokers(), timeout=WAIT)
