@@ -30,7 +30,7 @@ from .log.config import LogConfig, validate_topic_config
 from .log.errors import LogError
 from .log.manager import LogManager
 from .metadata.errors import MetadataLogFatal, MetadataWriteFailed
-from .metadata.image import BROKER_RESOURCE, MetadataImage, TopicImage
+from .metadata.image import BROKER_RESOURCE, TOPIC_RESOURCE, MetadataImage, TopicImage
 from .netclient import RequestFailed
 from .partition import Partition
 from .raft.disklog import DiskRaftLog
@@ -105,6 +105,11 @@ class Broker:
         self.quorum: MetadataQuorum | None = None
         self.broker_epoch = -1
         self.registered = trio.Event()
+        # What the committed records applied since the last sync changed
+        # (None: everything), see _after_apply.
+        self._dirty_topics: set[str] | None = None
+        self._broker_config_changed = True
+        self._swept = False
 
     # -- lifecycle ---------------------------------------------------------------
     async def start(self, nursery: trio.Nursery, bound_ports: dict[str, int] | None = None) -> None:
@@ -196,7 +201,28 @@ class Broker:
     # -- following the quorum (clustered) -------------------------------------------
     def _apply_committed(self, batch: list[tuple[int, str, object]]) -> None:
         for offset, name, record in batch:
+            self._note_change(name, record)
             self.image.apply(name, record, offset)
+
+    def _note_change(self, name: str, record) -> None:
+        """Remember what a record changes, for the next :meth:`_after_apply` (before it is applied)."""
+        if name in ("TopicRecord",):
+            topic = record.name
+        elif name in ("PartitionRecord", "PartitionChangeRecord", "RemoveTopicRecord"):
+            t = self.image.topics_by_id.get(record.topic_id)
+            topic = t.name if t is not None else None
+        elif name == "ConfigRecord":
+            if record.resource_type == BROKER_RESOURCE:
+                self._broker_config_changed = True
+                self._dirty_topics = None  # new defaults for every topic without an override
+                return
+            if record.resource_type != TOPIC_RESOURCE:
+                return
+            topic = record.resource_name
+        else:
+            return
+        if topic is not None and self._dirty_topics is not None:
+            self._dirty_topics.add(topic)
 
     def _load_snapshot(self, end_offset: int, records: list[tuple[str, object]]) -> None:
         image = MetadataImage()
@@ -209,10 +235,21 @@ class Broker:
         image.version += self.image.version + 1
         self.image = image
         self.controller.image = image
+        self._dirty_topics = None
+        self._broker_config_changed = True
 
     async def _after_apply(self) -> None:
-        self._apply_dynamic_config()
-        await self._sync_partitions()
+        if self._broker_config_changed:
+            self._broker_config_changed = False
+            self._apply_dynamic_config()
+        dirty, self._dirty_topics = self._dirty_topics, set()
+        if self.caught_up and not self._swept:
+            # The first sync that may delete: logs of topics deleted while
+            # this node was away go now.
+            self._swept = True
+            dirty = None
+        if dirty is None or dirty:
+            await self._sync_partitions(dirty)
         if not self.groups.started and self.caught_up:
             # Caught up to our own registration: every __consumer_offsets
             # partition placed here before it is known, so loading is complete.
@@ -427,7 +464,7 @@ class Broker:
         if self.logs is not None:
             self.logs.default_config = default_log_config
 
-    async def _sync_partitions(self) -> None:
+    async def _sync_partitions(self, only: set[str] | None = None) -> None:
         """Make the local logs match the image: open logs for partitions placed
         here, drop those whose topic is gone.
 
@@ -439,11 +476,19 @@ class Broker:
         thousands of logs yields to other tasks every few milliseconds, and
         one sync runs at a time (the image may change while it yields; the
         next sync picks that up).
+
+        ``only``: the names of the topics that changed (a cluster node applies
+        a few committed records at a time, and walking every topic for each
+        would make a change cost the size of the cluster); None for all.
         """
         async with self._sync_lock:
             wanted: set[tuple[str, int]] = set()
             todo = []
-            for t in list(self.image.topics.values()):
+            if only is None:
+                topics = list(self.image.topics.values())
+            else:
+                topics = [self.image.topics[n] for n in only if n in self.image.topics]
+            for t in topics:
                 placed = [p for p in t.partitions.values() if self.node_id in p.replicas]
                 if placed:
                     todo.append((t.name, self.log_config_for(t.name), placed))
@@ -478,12 +523,14 @@ class Broker:
                         # loaded before the image was replayed has the default config.
                         self.logs.update_config(name, cfg)
                     config_checked = True
-            for key in list(self.partitions):
+            for key in list(self.partitions) if only is None else [k for k in self.partitions if k[0] in only]:
                 if key not in wanted:
                     del self.partitions[key]
             for key in list(self.storage_errors):
-                if key not in wanted:
+                if key not in wanted and (only is None or key[0] in only):
                     del self.storage_errors[key]
+            if only is not None and all(n in self.image.topics for n in only):
+                return  # nothing was removed: no log can have become a stray
             if not self.caught_up:
                 # A cluster node filling its image from the quorum has not yet
                 # heard of every topic: a log it does not know may be one it
@@ -491,7 +538,7 @@ class Broker:
                 return
             # Logs of partitions no longer placed here, including topics deleted while we were down.
             for key, _plog in self.logs:
-                if key not in wanted and key[0] != METADATA_TOPIC:
+                if key not in wanted and key[0] != METADATA_TOPIC and (only is None or key[0] in only):
                     self.logs.delete(*key)
 
     @property

@@ -80,6 +80,10 @@ def raft_config(config) -> RaftConfig:
         election_backoff_max_ms=config["controller.quorum.election.backoff.max.ms"],
         request_timeout_ms=config["controller.quorum.request.timeout.ms"],
         retry_backoff_ms=config["controller.quorum.retry.backoff.ms"],
+        # Kafka's fetches are bounded by bytes (8 MiB); entries are small
+        # metadata records, so a thousand per answer keeps a burst (one
+        # CreateTopics of hundreds of partitions) to one or two round trips.
+        max_fetch_entries=1000,
     )
 
 
@@ -117,6 +121,7 @@ class MetadataQuorum:
             self._install(snap)
         self._committed = trio.Event()
         self._applied_changed = trio.Event()
+        self._sync_due = trio.Event()
         self._channels: dict[int, PeerConnection] = {}
         self.last_heartbeat: dict[int, float] = {}
         self._active_since: float | None = None
@@ -129,6 +134,7 @@ class MetadataQuorum:
     async def start(self, nursery: trio.Nursery) -> None:
         await nursery.start(self.shell.run)
         nursery.start_soon(self._apply_loop)
+        nursery.start_soon(self._sync_loop)
 
     async def close(self) -> None:
         await self.shell.resign()
@@ -137,7 +143,7 @@ class MetadataQuorum:
 
     def reapply(self) -> None:
         """Run the after-apply step again even if nothing new is committed (the broker's state changed)."""
-        self._committed.set()
+        self._sync_due.set()
 
     def _on_event(self, event) -> None:
         if isinstance(event, (HighWatermarkChanged, SnapshotLoaded)):
@@ -189,6 +195,18 @@ class MetadataQuorum:
                          self.node_id, self.node.epoch, self.applied)
             self._applied_changed.set()
             self._applied_changed = trio.Event()
+            self._sync_due.set()
+
+    async def _sync_loop(self) -> None:
+        """The broker's follow-up work (partition logs, configs, groups), off the apply path.
+
+        Creating the logs of a hundred new partitions takes a while; the next
+        committed records must not wait for it, nor the requests waiting for
+        them.  Rounds coalesce: the broker keeps what changed until it syncs.
+        """
+        while True:
+            await self._sync_due.wait()
+            self._sync_due = trio.Event()
             await self._after_apply()
 
     def shell_now_ms(self) -> float:

@@ -215,9 +215,12 @@ class RaftShell:
                     await self._wake.wait()
             else:
                 await self._wake.wait()
-            self._wake = trio.Event()
             self.node.tick(_now_ms())
             self._pump()
+            # Our own pump needs no wake-up: next_deadline() is read again
+            # right away.  Resetting after it (not before) keeps the wake-ups
+            # of other tasks' pumps, which can only happen at the await.
+            self._wake = trio.Event()
 
     async def _lane(self, peer: int, kind: str, queue: trio.MemoryReceiveChannel) -> None:
         host, port = self.voters[peer]
