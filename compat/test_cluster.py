@@ -816,6 +816,26 @@ def test_produce_via_node3_consume_group_via_node1(cluster3):
         second.close()
 
 
+# -- 6. stopping the command (the last user of the shared cluster) --------------------
+
+
+def test_sigterm_stops_every_node(cluster3):
+    """Last of the shared-cluster tests: it stops the shared cluster (a later user starts a new one)."""
+    c = cluster3
+    pids = {nid: n.pid for nid, n in c.nodes.items()}
+    assert all(pid_alive(p) for p in pids.values()), pids
+    code = c.terminate()
+    out = c.log_text(limit=10 ** 9)
+    assert code == 0, f"kbroker cluster exit status {code}:\n{out}"
+    assert "received SIGTERM" in out, out
+    for nid, pid in pids.items():
+        assert not pid_alive(pid), f"node {nid} (pid {pid}) outlived kbroker cluster"
+        assert f"node {nid} stopped (exit status 0)" in out, f"node {nid} did not stop cleanly:\n{out}"
+    for n in c.brokers:
+        with pytest.raises(OSError):
+            socket.create_connection((HOST, n.broker_port), timeout=2).close()
+
+
 # -- 4. losing the active controller -------------------------------------------------------
 
 
@@ -1032,26 +1052,6 @@ def test_node_with_another_cluster_id_is_not_admitted(tmp_path, request):
                 n.stop(timeout=30)
             except AssertionError:
                 pass
-
-
-# -- 6. stopping the command -------------------------------------------------------------
-
-
-def test_sigterm_stops_every_node(cluster3):
-    """Last of the shared-cluster tests: it stops the shared cluster (a later user starts a new one)."""
-    c = cluster3
-    pids = {nid: n.pid for nid, n in c.nodes.items()}
-    assert all(pid_alive(p) for p in pids.values()), pids
-    code = c.terminate()
-    out = c.log_text(limit=10 ** 9)
-    assert code == 0, f"kbroker cluster exit status {code}:\n{out}"
-    assert "received SIGTERM" in out, out
-    for nid, pid in pids.items():
-        assert not pid_alive(pid), f"node {nid} (pid {pid}) outlived kbroker cluster"
-        assert f"node {nid} stopped (exit status 0)" in out, f"node {nid} did not stop cleanly:\n{out}"
-    for n in c.brokers:
-        with pytest.raises(OSError):
-            socket.create_connection((HOST, n.broker_port), timeout=2).close()
 
 
 # -- 7. separate controller and broker nodes ----------------------------------------------
