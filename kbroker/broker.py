@@ -107,6 +107,7 @@ class Broker:
         self.registered = trio.Event()
         # What the committed records applied since the last sync changed
         # (None: everything), see _after_apply.
+        self._left = False
         self._dirty_topics: set[str] | None = None
         self._broker_config_changed = True
         self._swept = False
@@ -260,11 +261,10 @@ class Broker:
 
         Kafka's controlled shutdown, minus moving leadership (with one replica
         per partition there is nowhere to move it until replication lands).
-        Skipped when this node is the active controller: its own controller
-        listener is already draining, and its resignation hands the quorum
-        over anyway.  Bounded: a shutdown never waits on an unreachable quorum.
+        The active controller's own broker does it too, through its own
+        controller listener (still serving: see :meth:`leave_cluster`).  Bounded: a shutdown never waits on an unreachable quorum.
         """
-        if not self.is_broker or self.broker_epoch < 0 or self.quorum.is_active:
+        if not self.is_broker or self.broker_epoch < 0:
             return
         with trio.move_on_after(2):
             try:
@@ -327,10 +327,23 @@ class Broker:
                 self.broker_epoch = -1
                 return await self._registration_loop()
 
+    async def leave_cluster(self) -> None:
+        """A graceful stop's first step in a cluster: fenced at the controller, then Raft leadership handed over.
+
+        Runs while the node still serves (its own controller may be the one
+        that fences it); bounded, so an unreachable quorum never holds up a stop.
+        """
+        if self.quorum is None or self._left:
+            return
+        self._left = True
+        await self._controlled_shutdown()
+        with trio.move_on_after(2):
+            await self.quorum.shell.resign()
+
     async def close(self) -> None:
         if self.quorum is not None:
-            await self._controlled_shutdown()
             with trio.move_on_after(2):
+                await self.leave_cluster()
                 await self.quorum.close()
         if self.logs is not None:
             if self.fatal is not None and self.metadata is not None and not self.metadata.offline:

@@ -421,6 +421,10 @@ async def _main(config: Config) -> None:
             async for signum in signals:
                 log.info("received %s; shutting down", signal.Signals(signum).name)
                 with trio.move_on_after(SHUTDOWN_GRACE_SECONDS):
+                    # A cluster node first leaves cleanly (fenced, leadership
+                    # handed over) while every task still runs; then the
+                    # connections finish what they read.
+                    await server.broker.leave_cluster()
                     await server.drain()
                 nursery.cancel_scope.cancel()
                 break

@@ -82,10 +82,22 @@ async def describe_quorum(broker, header, body):
         part["observers"] = [row(o, st) for o, st in sorted(states.items()) if o not in quorum.voters]
         part["current_voters"][voters.index(me)]["last_fetch_timestamp"] = int(time.time() * 1000)
         part["current_voters"][voters.index(me)]["last_caught_up_timestamp"] = int(time.time() * 1000)
-    return {"error_code": 0, "error_message": None,
-            "topics": [{"topic_name": wire.METADATA_TOPIC, "partitions": [part]}],
-            "nodes": [{"node_id": v, "listeners": [{"name": "CONTROLLER", "host": h, "port": p}]}
-                      for v, (h, p) in sorted(quorum.voters.items())]}
+    v = header.api_version
+    if v < 1:  # no timestamps before v1
+        for r in part["current_voters"] + part["observers"]:
+            del r["last_fetch_timestamp"], r["last_caught_up_timestamp"]
+    out = {"error_code": 0, "topics": [{"topic_name": wire.METADATA_TOPIC, "partitions": [part]}]}
+    if v >= 2:  # the voters' endpoints (KIP-853)
+        out["nodes"] = [{"node_id": n, "listeners": [{"name": _controller_listener(broker), "host": h, "port": p}]}
+                        for n, (h, p) in sorted(quorum.voters.items())]
+    else:
+        del part["error_message"]
+    return out
+
+
+def _controller_listener(broker) -> str:
+    names = broker.config["controller.listener.names"]
+    return names[0].upper() if names else "CONTROLLER"
 
 
 class _Unknown:

@@ -111,6 +111,7 @@ class RaftShell:
         self._closed = False
         self.changed = trio.Event()  # set (and replaced) whenever the role or high watermark changes
         self._complained: dict[int, float] = {}
+        self._inflight = 0  # requests the lanes are sending or awaiting (a resignation waits for them)
 
     # ------------------------------------------------------------------ lifecycle
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
@@ -133,7 +134,7 @@ class RaftShell:
         self.node.resign(_now_ms())
         self._pump()
         with trio.move_on_after(grace):
-            while any(s.statistics().current_buffer_used for s in self._lanes.values()):
+            while self._inflight or any(s.statistics().current_buffer_used for s in self._lanes.values()):
                 await trio.sleep(0.01)
 
     # ------------------------------------------------------------------ inputs
@@ -231,6 +232,7 @@ class RaftShell:
                 timeout = self.config.request_timeout_ms / 1000
                 if isinstance(msg, FetchRequest):
                     timeout += msg.max_wait_ms / 1000
+                self._inflight += 1
                 try:
                     raw = await conn.request(api, version, body, timeout=timeout)
                     response = wire.response_from_kafka(api, version, msg.correlation_id, raw)
@@ -239,6 +241,8 @@ class RaftShell:
                     # Do not spin on a dead peer: the node resends on its own timers.
                     await trio.sleep(self.config.retry_backoff_ms / 1000)
                     continue
+                finally:
+                    self._inflight -= 1
                 if response.error_code == ErrorCode.INCONSISTENT_CLUSTER_ID:
                     self._complain(peer, f"node {peer} refuses our {type(msg).__name__}: INCONSISTENT_CLUSTER_ID "
                                          f"(this node belongs to cluster {self.cluster_id}; was it formatted with "
