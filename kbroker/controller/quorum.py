@@ -41,7 +41,6 @@ from __future__ import annotations
 import contextvars
 import logging
 import time
-import uuid
 from typing import Callable
 
 import trio
@@ -354,6 +353,3 @@ def wrap_response(header: RequestHeader, body) -> bytes:
     """An encoded response for an Envelope's ``response_data`` (no size prefix)."""
     return bytes(encode_response(header, body))[4:]
 
-
-def new_incarnation() -> uuid.UUID:
-    return uuid.uuid4()
