@@ -742,6 +742,51 @@ def test_admin_changes_through_one_node_show_on_every_node(cluster3):
         "a re-created topic inherited the deleted one's config"
 
 
+def test_auto_creation_through_every_node(cluster3):
+    """Metadata that auto-creates a topic (auto.create.topics.enable, Kafka's default) through any node.
+
+    Kafka answers a topic it has just asked the controller to create with
+    LEADER_NOT_AVAILABLE (retriable) until the broker knows its partitions,
+    never with "no error, no partitions": kafka-python's producer then picks a
+    partition from an empty list (IndexError) instead of asking again.
+    """
+    from kafka import KafkaProducer
+
+    c = cluster3
+    answers = []
+    for n in c.brokers:
+        for i in range(3):
+            name = unique_name(f"cl-auto{n.node_id}")
+            md = n.request(METADATA, 9, {
+                "topics": [{"name": name}], "allow_auto_topic_creation": True,
+                "include_cluster_authorized_operations": False, "include_topic_authorized_operations": False})
+            (t,) = md.topics
+            answers.append((n.node_id, name, t.error_code, len(t.partitions)))
+            c.wait_topic_everywhere(name, 1)
+    wrong = [a for a in answers if not (a[2] in (3, 5) or (a[2] == 0 and a[3] == 1))]
+
+    # A real client that auto-creates by producing, bootstrapped at each node.
+    failures = []
+    for n in c.brokers:
+        for i in range(2):
+            name = unique_name(f"cl-autokp{n.node_id}")
+            producer = KafkaProducer(bootstrap_servers=n.bootstrap, acks="all",
+                                     request_timeout_ms=int(WAIT * 1000), max_block_ms=int(WAIT * 1000))
+            try:
+                producer.send(name, b"v").get(timeout=WAIT)
+            except Exception as e:  # noqa: BLE001 - collected, reported together
+                failures.append((n.node_id, name, repr(e)))
+            finally:
+                producer.close()
+    problems = []
+    if wrong:
+        problems.append("auto-creating Metadata answered neither the topic's partitions nor LEADER_NOT_AVAILABLE / "
+                        f"UNKNOWN_TOPIC_OR_PARTITION: (node, topic, error, partitions) {wrong}")
+    if failures:
+        problems.append(f"kafka-python could not produce to an auto-created topic: {failures}")
+    assert not problems, "\n".join(problems)
+
+
 # -- 3. produce through one node, consume as a group through another ---------------------
 
 
