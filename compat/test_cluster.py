@@ -50,7 +50,7 @@ FAST_SESSION = {
 
 # Api keys / versions of the raw requests.
 METADATA, DESCRIBE_CLUSTER, DESCRIBE_CONFIGS = 3, 60, 32
-CREATE_TOPICS, INCREMENTAL_ALTER_CONFIGS, DESCRIBE_QUORUM = 19, 44, 55
+CREATE_TOPICS, INIT_PRODUCER_ID, INCREMENTAL_ALTER_CONFIGS, DESCRIBE_QUORUM = 19, 22, 44, 55
 TOPIC_RESOURCE = 2
 
 ACTIVE_RE = re.compile(r"node (\d+) is the active controller \(epoch (\d+)")
@@ -285,6 +285,12 @@ class Node:
             "timeout_ms": timeout_ms, "validate_only": False}, timeout=timeout_ms / 1000 + 10)
         (t,) = resp.topics
         return t.error_code, t.error_message
+
+    def init_producer_id(self) -> int:
+        """InitProducerId (no transactional id) answered by this node: a fresh idempotent producer id."""
+        resp = self.request(INIT_PRODUCER_ID, 1, {"transactional_id": None, "transaction_timeout_ms": 60000})
+        assert resp.error_code == 0, f"node {self.node_id}: InitProducerId error {resp.error_code}"
+        return resp.producer_id
 
     def describe_quorum(self, version: int = 2):
         """DescribeQuorum of __cluster_metadata-0, asked on this node's CONTROLLER listener (the partition)."""
@@ -850,6 +856,39 @@ def test_produce_via_node3_consume_group_via_node1(cluster3):
         second.close()
 
 
+def test_producer_ids_are_unique_across_nodes(cluster3):
+    """Every broker hands out idempotent producer ids from its own block (AllocateProducerIds, decided by the
+    active controller): two producers writing to one partition through different nodes never collide."""
+    from confluent_kafka import Producer
+
+    c = cluster3
+    ids = [(n.node_id, n.init_producer_id()) for n in c.brokers for _ in range(3)]
+    assert len({pid for _, pid in ids}) == len(ids), f"a producer id handed out twice: {ids}"
+
+    topic = unique_name("cl-pids")
+    err, msg = c.nodes[1].create_topic_raw(topic, 1)
+    assert err == 0, f"CreateTopics {topic}: error {err} {msg}"
+    c.wait_topic_everywhere(topic, 1)
+    errors: list = []
+    producers = {n.node_id: Producer({"bootstrap.servers": n.bootstrap, "acks": "all", "enable.idempotence": True,
+                                      "message.timeout.ms": int(WAIT * 1000)}) for n in c.brokers}
+    expected = []
+    for i in range(40):  # interleaved: every producer's sequence numbers start at 0 on the same partition
+        for nid, p in producers.items():
+            value = f"from-{nid}-{i}"
+            expected.append(value)
+            p.produce(topic, value=value.encode(), partition=0,
+                      on_delivery=lambda e, m: errors.append(e) if e else None)
+        for p in producers.values():
+            p.poll(0)
+    for nid, p in producers.items():
+        assert p.flush(WAIT) == 0, f"producer bootstrapped at node {nid}: messages not delivered"
+    assert not errors, f"delivery errors: {errors[:5]}"
+    got = read_values(c.bootstrap, topic, 1, len(expected))
+    assert sorted(got) == sorted(expected), \
+        f"read {len(got)} of {len(expected)}; missing e.g. {sorted(set(expected) - set(got))[:5]}"
+
+
 # -- 6. stopping the command (the last user of the shared cluster) --------------------
 
 
@@ -898,6 +937,7 @@ def test_active_controller_sigkill_failover_and_rejoin(new_cluster):
     kept_ends = end_offsets(c.bootstrap, kept, 6)
     assert sum(kept_ends.values()) == 120, kept_ends
     survivors = [n for n in c.brokers if n is not victim]
+    pids_before = [n.init_producer_id() for n in c.brokers]
     victim.kill()
     assert not victim.alive()
 
@@ -953,6 +993,12 @@ def test_active_controller_sigkill_failover_and_rejoin(new_cluster):
     assert set(leaders.values()) == {1, 2, 3}, f"6 partitions not spread over the 3 brokers again: {leaders}"
     # What the victim held before it was killed is still there.
     wait_data_back(c.bootstrap, kept, 6, kept_values, kept_ends, f"node {victim.node_id} restarted")
+    # The new controller hands out producer id blocks after every block handed out before the failover.
+    fresh = victim.init_producer_id()
+    assert fresh > max(pids_before), f"restarted node {victim.node_id} hands out producer id {fresh}, " \
+                                     f"not above the ids handed out before the failover {pids_before}"
+    pids_after = [n.init_producer_id() for n in survivors]
+    assert not set(pids_after) & set(pids_before + [fresh]), (pids_before, fresh, pids_after)
 
 
 def _sigterm_and_restart(c: Cluster, pick_victim: Callable[[int], int]) -> None:
