@@ -522,7 +522,18 @@ class Broker:
                         plog = part.log
                     else:
                         try:
-                            plog = self.logs.get(name, p.partition_id) or self.logs.create(name, p.partition_id, cfg)
+                            plog = self.logs.get(name, p.partition_id)
+                            if plog is None and self.quorum is not None:
+                                # A cluster node creates logs while it also
+                                # serves the quorum: the directory and file
+                                # work (mostly waiting on the file system)
+                                # goes to a worker thread.  Only this task
+                                # creates or deletes logs (the sync lock).
+                                plog = await trio.to_thread.run_sync(self.logs.create, name, p.partition_id, cfg)
+                                if name not in self.image.topics:
+                                    break  # deleted meanwhile; that deletion's sync drops the log
+                            elif plog is None:
+                                plog = self.logs.create(name, p.partition_id, cfg)
                         except (OSError, LogError) as e:
                             if key not in self.storage_errors:
                                 log.error("cannot create the log of %s-%d (KAFKA_STORAGE_ERROR until it can): %s",
