@@ -5,11 +5,15 @@ listener: a request for endpoint type CONTROLLER sent here is answered with
 MISMATCHED_ENDPOINT_TYPE, and ``controller_id`` names a live broker (admin
 requests meant for "the controller" are forwarded by brokers).  With one
 combined node that is this node.
+
+A cluster node asked on its controller listener answers as Kafka's
+controllers do (KIP-919): endpoint type CONTROLLER lists the voters, and
+``controller_id`` is the active controller (-1 while there is none).
 """
 
 from protocol import ApiKey, ErrorCode
 
-from . import endpoint_of, handles
+from . import endpoint_of, handles, on_controller_listener
 
 ENDPOINT_BROKER = 1
 ENDPOINT_CONTROLLER = 2
@@ -39,6 +43,8 @@ async def handle(broker, header, body):
         return {**base,
                 "error_code": ErrorCode.INVALID_REQUEST if version == 0 else ErrorCode.UNSUPPORTED_ENDPOINT_TYPE,
                 "error_message": f"Unsupported endpoint type {endpoint_type}"}
+    if broker.quorum is not None and on_controller_listener(broker):
+        return _controllers(broker, base, version, endpoint_type, body)
     if endpoint_type != ENDPOINT_BROKER:
         return {**base,
                 "error_code": ErrorCode.INVALID_REQUEST if version == 0 else ErrorCode.MISMATCHED_ENDPOINT_TYPE,
@@ -57,3 +63,19 @@ async def handle(broker, header, body):
     ops = operations_bitfield(CLUSTER_OPERATIONS) if body.include_cluster_authorized_operations else UNKNOWN_OPERATIONS
     return {**base, "error_code": ErrorCode.NONE, "error_message": None, "controller_id": controller,
             "brokers": brokers, "cluster_authorized_operations": ops}
+
+
+def _controllers(broker, base, version, endpoint_type, body):
+    if endpoint_type != ENDPOINT_CONTROLLER:
+        return {**base,
+                "error_code": ErrorCode.INVALID_REQUEST if version == 0 else ErrorCode.MISMATCHED_ENDPOINT_TYPE,
+                "error_message": "The request was sent to an endpoint of type CONTROLLER, but we wanted an endpoint "
+                                 f"of type {_ENDPOINT_NAMES[endpoint_type]}"}
+    quorum = broker.quorum
+    leader = quorum.leader_id
+    ops = operations_bitfield(CLUSTER_OPERATIONS) if body.include_cluster_authorized_operations else UNKNOWN_OPERATIONS
+    return {**base, "error_code": ErrorCode.NONE, "error_message": None,
+            "controller_id": -1 if leader is None else leader,
+            "brokers": [{"broker_id": v, "host": h, "port": p, "rack": None, "is_fenced": False}
+                        for v, (h, p) in sorted(quorum.voters.items())],
+            "cluster_authorized_operations": ops}
