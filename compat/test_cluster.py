@@ -50,7 +50,7 @@ FAST_SESSION = {
 
 # Api keys / versions of the raw requests.
 METADATA, DESCRIBE_CLUSTER, DESCRIBE_CONFIGS = 3, 60, 32
-CREATE_TOPICS, INIT_PRODUCER_ID, INCREMENTAL_ALTER_CONFIGS, DESCRIBE_QUORUM = 19, 22, 44, 55
+FIND_COORDINATOR, CREATE_TOPICS, INIT_PRODUCER_ID, INCREMENTAL_ALTER_CONFIGS, DESCRIBE_QUORUM = 10, 19, 22, 44, 55
 TOPIC_RESOURCE = 2
 
 ACTIVE_RE = re.compile(r"node (\d+) is the active controller \(epoch (\d+)")
@@ -365,31 +365,32 @@ def produce_values(bootstrap: str, topic: str, values: list[str]) -> None:
 
 
 def end_offsets(bootstrap: str, topic: str, partitions: int) -> dict[int, int]:
-    """{partition: high watermark}, asked of each partition's leader."""
-    from confluent_kafka import Consumer, TopicPartition
+    """{partition: high watermark}, asked of each partition's leader (kafka-python, no group)."""
+    from kafka import KafkaConsumer, TopicPartition
 
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": unique_name("cl-wm"), "enable.auto.commit": False})
+    c = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
+                      request_timeout_ms=10000)
     try:
-        return {p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in range(partitions)}
+        ends = c.end_offsets([TopicPartition(topic, p) for p in range(partitions)])
+        return {tp.partition: off for tp, off in ends.items()}
     finally:
         c.close()
 
 
 def read_values(bootstrap: str, topic: str, partitions: int, count: int, timeout: float = WAIT) -> list[str]:
-    """Every partition from its start (assigned, no group) until ``count`` records or the deadline."""
-    from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+    """Every partition from its start (assigned, no group: no coordinator needed) until ``count`` records
+    or the deadline."""
+    from kafka import KafkaConsumer, TopicPartition
 
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": unique_name("cl-read"), "enable.auto.commit": False})
+    c = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
+                      auto_offset_reset="earliest", request_timeout_ms=10000)
     got: list[str] = []
     try:
-        c.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(partitions)])
+        c.assign([TopicPartition(topic, p) for p in range(partitions)])
         deadline = time.monotonic() + timeout
         while len(got) < count and time.monotonic() < deadline:
-            m = c.poll(0.5)
-            if m is None or (m.error() is not None and m.error().code() == -191):  # _PARTITION_EOF
-                continue
-            assert m.error() is None, f"consumer error: {m.error()}"
-            got.append(m.value().decode())
+            for records in c.poll(timeout_ms=500).values():
+                got.extend(r.value.decode() for r in records)
     finally:
         c.close()
     return got
@@ -1184,6 +1185,96 @@ def test_one_controller_three_brokers(new_cluster):
         consumer.commit(asynchronous=False)
     finally:
         consumer.close()
+
+
+def test_one_controller_three_brokers_restarts(new_cluster):
+    """Without its only controller the brokers keep serving their partitions and answer what needs the
+    controller with retriable errors; the restarted controller finds them registered; a restarted
+    broker-only node (a Raft observer) catches up and keeps its data."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from confluent_kafka import Producer
+
+    c = new_cluster(3, controllers=1, overrides=FAST_SESSION)
+    controller = c.nodes[1]
+    b2, b3, b4 = (c.nodes[i] for i in (2, 3, 4))
+    c.wait_brokers(c.expected_brokers())
+    topic = unique_name("cl-shape-r")
+    err, msg = b2.create_topic_raw(topic, 6)
+    assert err == 0, f"CreateTopics {topic}: error {err} {msg}"
+    leaders = c.wait_topic_everywhere(topic, 6)
+    assert set(leaders.values()) == {2, 3, 4}
+    # Not idempotent: no broker asks the controller for producer ids.
+    first = [f"a-{i}" for i in range(60)]
+    errors: list = []
+    p = Producer({"bootstrap.servers": c.bootstrap, "acks": "all", "enable.idempotence": False,
+                  "message.timeout.ms": int(WAIT * 1000)})
+    for v in first:
+        p.produce(topic, value=v.encode(), on_delivery=lambda e, m: errors.append(e) if e else None)
+    assert p.flush(WAIT) == 0 and not errors, f"produce: {errors[:5]}"
+
+    # The controller goes.  Nothing has asked for a group coordinator yet (no
+    # __consumer_offsets), and no broker holds producer ids to hand out.
+    controller.kill()
+    problems = []
+
+    def find_coordinator():
+        t0 = time.monotonic()
+        r = b3.request(FIND_COORDINATOR, 1, {"key": unique_name("cl-g"), "key_type": 0}, timeout=60)
+        return r.error_code, time.monotonic() - t0
+
+    def init_producer_id():
+        try:
+            r = b4.request(INIT_PRODUCER_ID, 1, {"transactional_id": None, "transaction_timeout_ms": 60000},
+                           timeout=60)
+            return r.error_code
+        except ConnectionError as e:
+            return e
+
+    with ThreadPoolExecutor(2) as pool:
+        fc, ip = pool.submit(find_coordinator), pool.submit(init_producer_id)
+        (fc_error, fc_seconds), ip_answer = fc.result(), ip.result()
+    # Kafka answers at once (COORDINATOR_NOT_AVAILABLE: the internal topic is
+    # created asynchronously); a broker that waits for an unreachable
+    # controller holds up every later request on that connection (Fetches).
+    if fc_error != 15 or fc_seconds > 15:
+        problems.append(f"FindCoordinator without a controller: error {fc_error} after {fc_seconds:.1f}s "
+                        f"(expected COORDINATOR_NOT_AVAILABLE at once)")
+    if not isinstance(ip_answer, int):
+        problems.append(f"InitProducerId on a broker without producer ids and without a controller: {ip_answer!r} "
+                        f"(expected a retriable error code)")
+
+    # Data still flows through the brokers (reads need no coordinator).
+    second = [f"b-{i}" for i in range(60)]
+    for v in second:
+        p.produce(topic, value=v.encode(), on_delivery=lambda e, m: errors.append(e) if e else None)
+    assert p.flush(WAIT) == 0 and not errors, f"produce without a controller: {errors[:5]}"
+    got = read_values(c.bootstrap, topic, 6, 120)
+    assert sorted(got) == sorted(first + second), f"read {len(got)} of 120 without a controller"
+
+    # It comes back: the brokers are still there and admin requests work again.
+    controller.start()
+    c.wait_brokers(c.expected_brokers())
+    assert c.wait_topic_everywhere(topic, 6) == leaders
+    after = unique_name("cl-shape-after")
+    wait_for(lambda: b4.create_topic_raw(after, 3)[0] in (0, 36),  # 36: a retry found it created
+             f"CreateTopics {after} through node 4 once the controller is back")
+    assert set(c.wait_topic_everywhere(after, 3).values()) <= {2, 3, 4}
+    ends = end_offsets(c.bootstrap, topic, 6)
+
+    # A broker-only node is killed and restarted: fenced meanwhile, back with its data.
+    b3.kill()
+    c.wait_brokers(c.expected_brokers([b2, b4]), asked=[b2, b4])
+    during = unique_name("cl-shape-during")
+    err, msg = b2.create_topic_raw(during, 4)
+    assert err == 0, f"CreateTopics {during}: error {err} {msg}"
+    assert set(wait_topic_everywhere([b2, b4], during, 4).values()) <= {2, 4}
+    b3.start()
+    c.wait_brokers(c.expected_brokers())
+    c.wait_topic_everywhere(during, 4)
+    assert c.wait_topic_everywhere(topic, 6) == leaders
+    wait_data_back(c.bootstrap, topic, 6, first + second, ends, "broker-only node 3 restarted")
+    assert not problems, "\n".join(problems)
 
 
 # -- 8. catching up from a metadata snapshot ---------------------------------------------
