@@ -1337,6 +1337,9 @@ def test_restarted_node_catches_up_after_1000_changes_through_a_snapshot(new_clu
         assert err == 0, f"CreateTopics {t}: error {err} {msg}"
     from kafka.admin import KafkaAdminClient
 
+    # kafka-python's admin client sends its first request to any listed broker and gives up on a
+    # refused connection: wait until the survivors have fenced (and stopped listing) the victim.
+    c.wait_brokers(c.expected_brokers(survivors), asked=survivors, timeout=WAIT)
     kp = KafkaAdminClient(bootstrap_servers=via.bootstrap, request_timeout_ms=int(WAIT * 1000))
     try:
         kp.delete_topics([doomed], timeout_ms=int(WAIT * 1000))

@@ -39,6 +39,12 @@ from .raft.store import FileQuorumStateStore
 log = logging.getLogger("kbroker.broker")
 
 METADATA_TOPIC = "__cluster_metadata"
+# How long InitProducerId waits for a block of ids from the active controller.
+PRODUCER_ID_BLOCK_WAIT_S = 5.0
+
+
+class ProducerIdsUnavailable(Exception):
+    """No block of producer ids could be had from the controller in time (retriable for the client)."""
 # How long one stretch of partition-log work may hold the trio thread.
 SYNC_SLICE_SECONDS = 0.005
 ZERO_UUID = uuid.UUID(int=0)
@@ -660,11 +666,20 @@ class Broker:
     async def allocate_producer_id(self) -> int:
         if self._producer_ids_next >= self._producer_ids_end:
             if self.quorum is not None:
-                await self.registered.wait()
-                resp = await self.quorum.call(ApiKey.ALLOCATE_PRODUCER_IDS, 0,
-                                              {"broker_id": self.node_id, "broker_epoch": self.broker_epoch})
+                # Bounded: the client retries (COORDINATOR_LOAD_IN_PROGRESS, as
+                # Kafka answers while a broker waits for its next block).
+                with trio.move_on_after(PRODUCER_ID_BLOCK_WAIT_S):
+                    await self.registered.wait()
+                if self.broker_epoch < 0:
+                    raise ProducerIdsUnavailable("this broker is not registered yet")
+                try:
+                    resp = await self.quorum.call(ApiKey.ALLOCATE_PRODUCER_IDS, 0,
+                                                  {"broker_id": self.node_id, "broker_epoch": self.broker_epoch},
+                                                  timeout=PRODUCER_ID_BLOCK_WAIT_S)
+                except RequestFailed as e:
+                    raise ProducerIdsUnavailable(str(e)) from None
                 if resp.error_code != ErrorCode.NONE:
-                    raise RequestFailed(f"AllocateProducerIds: {ErrorCode(resp.error_code).name}")
+                    raise ProducerIdsUnavailable(f"AllocateProducerIds: {ErrorCode(resp.error_code).name}")
                 first, count = resp.producer_id_start, resp.producer_id_len
             else:
                 recs, first = self.controller.allocate_producer_ids(self.node_id, 0)

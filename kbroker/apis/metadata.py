@@ -57,6 +57,9 @@ RESPONSE = response_schema(ApiKey.METADATA)
 # entries (the server encodes the answer to such a large request off the event
 # loop); the server decodes requests of up to 1,000 elements inline.
 FILL_LIMIT = 1_000
+# In a cluster, how long an auto-creating Metadata request waits for this
+# node to apply the new topic before answering LEADER_NOT_AVAILABLE for it.
+AUTO_CREATE_WAIT_S = 1.0
 
 
 def broker_list(image) -> list[dict]:
@@ -254,6 +257,11 @@ async def _requested(broker, image, body, v: int, ops: int) -> SplicedElements:
     if to_create:
         results = await broker.create_topics([{"name": n} for n in dict.fromkeys(to_create)])
         errors = {r.name: r for r in results}
+        if broker.quorum is not None:
+            # Created by the active controller: give this node's image a
+            # moment to apply it, so the client gets partitions at once.
+            made = [r.name for r in results if r.error in (ErrorCode.NONE, ErrorCode.TOPIC_ALREADY_EXISTS)]
+            await broker.quorum.wait_until(lambda: all(n in broker.image.topics for n in made), AUTO_CREATE_WAIT_S)
         image = broker.image
         cache = encoded(image)
         for i, item in enumerate(topics):
@@ -263,7 +271,13 @@ async def _requested(broker, image, body, v: int, ops: int) -> SplicedElements:
                     topics[i] = cache.topic(image, t, v, ops, fill)
                 else:
                     r = errors.get(item)
-                    code = (r.error if r is not None and r.error != ErrorCode.TOPIC_ALREADY_EXISTS
-                            else ErrorCode.UNKNOWN_TOPIC_OR_PARTITION)
+                    if r is None:
+                        code = ErrorCode.UNKNOWN_TOPIC_OR_PARTITION
+                    elif r.error in (ErrorCode.NONE, ErrorCode.TOPIC_ALREADY_EXISTS):
+                        # Created, not yet known here: Kafka's answer for a
+                        # topic being created (the client retries).
+                        code = ErrorCode.LEADER_NOT_AVAILABLE
+                    else:
+                        code = r.error
                     topics[i] = _error_entry(code, item, ops)
     return topics

@@ -15,6 +15,7 @@ transaction; an empty one is INVALID_REQUEST, as in Kafka.
 
 from protocol import ApiKey, ErrorCode
 
+from ..broker import ProducerIdsUnavailable
 from ..metadata.errors import MetadataWriteFailed
 from . import handles
 
@@ -35,4 +36,8 @@ async def handle(broker, header, body):
     except MetadataWriteFailed:
         # Retriable for the client; the block was not allocated.
         return _answer(ErrorCode.KAFKA_STORAGE_ERROR)
+    except ProducerIdsUnavailable:
+        # A cluster node without a block and no controller to get one from:
+        # Kafka's retriable answer for exactly that wait.
+        return _answer(ErrorCode.COORDINATOR_LOAD_IN_PROGRESS)
     return _answer(ErrorCode.NONE, pid, 0)

@@ -140,6 +140,14 @@ class MetadataQuorum:
         for conn in self._channels.values():
             await conn.aclose()
 
+    async def wait_until(self, predicate: Callable[[], bool], timeout: float) -> bool:
+        """Wait (at most ``timeout`` s) until ``predicate()`` holds after some committed records are applied."""
+        with trio.move_on_after(timeout):
+            while not predicate():
+                await self._applied_changed.wait()
+            return True
+        return predicate()
+
     def reapply(self) -> None:
         """Run the after-apply step again even if nothing new is committed (the broker's state changed)."""
         self._sync_due.set()

@@ -46,6 +46,8 @@ from .state import GroupConfig, GroupCoordinatorState, Result
 log = logging.getLogger("kbroker.group")
 
 OFFSETS_TOPIC = "__consumer_offsets"
+# In a cluster, how long a FindCoordinator may wait for __consumer_offsets to be created.
+CREATE_WAIT_S = 5.0
 _LOAD_READ_BYTES = 1 << 20
 # A timer whose step failed (its records could not be written, or it raised) runs again this much
 # later: soon enough that a session still expires once the disk has room, late enough that a
@@ -377,11 +379,24 @@ class GroupCoordinator:
                     "segment.bytes": str(cfg["offsets.topic.segment.bytes"]),
                 },
             }
-            (result,) = await self.broker.create_topics([spec])
+            quorum = self.broker.quorum
+            # In a cluster the active controller creates it, and may be away:
+            # a FindCoordinator waits a few seconds at most (the client asks again).
+            result = None
+            with trio.move_on_after(CREATE_WAIT_S if quorum is not None else float("inf")):
+                (result,) = await self.broker.create_topics([spec])
+            if result is None:
+                log.warning("%s not created within %.0f s (is the controller quorum up?)", OFFSETS_TOPIC,
+                            CREATE_WAIT_S)
+                return ErrorCode.COORDINATOR_NOT_AVAILABLE
             if result.error not in (ErrorCode.NONE, ErrorCode.TOPIC_ALREADY_EXISTS):
                 log.error("cannot create %s: %s %s", OFFSETS_TOPIC, result.error.name, result.message or "")
                 return ErrorCode.COORDINATOR_NOT_AVAILABLE
-            log.info("created %s with %d partitions", OFFSETS_TOPIC, spec["num_partitions"])
+            if result.error == ErrorCode.NONE:
+                log.info("created %s with %d partitions", OFFSETS_TOPIC, spec["num_partitions"])
+            if quorum is not None and not await quorum.wait_until(
+                    lambda: OFFSETS_TOPIC in self.broker.image.topics, 1.0):
+                return ErrorCode.COORDINATOR_NOT_AVAILABLE
         return ErrorCode.NONE
 
     # -- operations ------------------------------------------------------------------------
