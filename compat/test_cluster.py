@@ -48,6 +48,8 @@ FAST_SESSION = {
     "group.initial.rebalance.delay.ms": "0",
 }
 
+SHARED = {"group.initial.rebalance.delay.ms": "0"}
+
 # Api keys / versions of the raw requests.
 METADATA, DESCRIBE_CLUSTER, DESCRIBE_CONFIGS = 3, 60, 32
 FIND_COORDINATOR, CREATE_TOPICS, INIT_PRODUCER_ID, INCREMENTAL_ALTER_CONFIGS, DESCRIBE_QUORUM = 10, 19, 22, 44, 55
@@ -591,7 +593,8 @@ def _shared_cluster(tmp_path_factory):
 
     def get() -> Cluster:
         if not clusters or not clusters[-1].alive():
-            c = Cluster(tmp_path_factory.mktemp("kbroker-cluster"), 3, overrides=FAST_SESSION)
+            # Kafka's session and heartbeat defaults: nothing here waits for a fencing.
+            c = Cluster(tmp_path_factory.mktemp("kbroker-cluster"), 3, overrides=SHARED)
             clusters.append(c)
             c.start()
             c.wait_brokers(c.expected_brokers(), timeout=WAIT)
