@@ -1063,6 +1063,71 @@ def test_sigterm_of_the_active_controller_controlled_shutdown_and_restart_keep_d
     _sigterm_and_restart(c, lambda active: active)
 
 
+@pytest.mark.groups
+def test_group_offsets_survive_a_sigkill_of_the_coordinator(new_cluster):
+    """The group coordinator is the leader of the group's __consumer_offsets partition: SIGKILLed and
+    restarted, it loads the group again and the committed offsets hold."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    c = new_cluster(3, overrides=FAST_SESSION)
+    c.wait_brokers(c.expected_brokers())
+    topic = unique_name("cl-grp")
+    err, msg = c.nodes[1].create_topic_raw(topic, 6)
+    assert err == 0, f"CreateTopics {topic}: error {err} {msg}"
+    c.wait_topic_everywhere(topic, 6)
+    old = [f"old-{i}" for i in range(60)]
+    produce_values(c.bootstrap, topic, old)
+
+    group = unique_name("cl-grp-g")
+    conf = {"bootstrap.servers": c.bootstrap, "group.id": group, "auto.offset.reset": "earliest",
+            "enable.auto.commit": False, "session.timeout.ms": 10000}
+
+    def consume(count: int) -> list[str]:
+        consumer = Consumer(conf)
+        got: list[str] = []
+        try:
+            consumer.subscribe([topic])
+            deadline = time.monotonic() + 60
+            while len(got) < count and time.monotonic() < deadline:
+                m = consumer.poll(0.5)
+                if m is None:
+                    continue
+                assert m.error() is None, f"consumer error: {m.error()}"
+                got.append(m.value().decode())
+            consumer.commit(asynchronous=False)
+        finally:
+            consumer.close()
+        return got
+
+    got = consume(60)
+    assert sorted(got) == sorted(old), f"first consumer read {len(got)} of 60"
+
+    def coordinator() -> int:
+        r = c.nodes[1].request(FIND_COORDINATOR, 1, {"key": group, "key_type": 0})
+        assert r.error_code == 0, f"FindCoordinator: error {r.error_code}"
+        return r.node_id
+
+    victim = c.nodes[wait_for(coordinator, f"the coordinator of {group}")]
+    survivors = [n for n in c.brokers if n is not victim]
+    victim.kill()
+    c.wait_brokers(c.expected_brokers(survivors), asked=survivors)
+    victim.start()
+    c.wait_brokers(c.expected_brokers())
+    assert wait_for(coordinator, f"the coordinator of {group} after the restart") == victim.node_id
+
+    probe = Consumer(conf)
+    try:
+        committed = wait_for(lambda: probe.committed([TopicPartition(topic, p) for p in range(6)], timeout=10),
+                             f"the committed offsets of {group}")
+    finally:
+        probe.close()
+    assert sum(tp.offset for tp in committed) == 60, f"committed offsets after the coordinator's restart: {committed}"
+    new = [f"new-{i}" for i in range(10)]
+    produce_values(c.bootstrap, topic, new)
+    got = consume(10)
+    assert sorted(got) == sorted(new), f"after the coordinator's restart the group read {got}"
+
+
 # -- 5. a node of another cluster ----------------------------------------------------------
 
 
