@@ -14,6 +14,15 @@ raw CreateTopics on every node so that every node's forwarding is exercised.
 
 Every wait has a deadline and polls; the deadlines are generous because the
 suite must pass on a loaded 2-core machine (speed belongs in a benchmark).
+
+One cluster of 3 combined nodes is shared by the tests that change nothing
+but topics (membership, DescribeQuorum, admin requests through any node,
+auto-creation, producer ids, produce/consume across nodes) and is then
+stopped by SIGTERM of ``kbroker cluster``; every destructive test (SIGKILL
+or SIGTERM of a node, a node of another cluster, 1 controller + 3 brokers,
+catch-up through a metadata snapshot) has a cluster of its own, torn down
+with SIGKILL.  Ports: ``kbroker cluster`` lays a cluster's ports out in a
+row, so :func:`free_port_block` finds runs of free ports.
 """
 
 from __future__ import annotations
@@ -32,9 +41,12 @@ from typing import Any, Callable, Optional
 import pytest
 
 from compat import kraw
-from compat.conftest import REPO, unique_name, watch_broker
+from compat.conftest import EXTERNAL, REPO, unique_name, watch_broker
 
-pytestmark = pytest.mark.timeout(240)
+pytestmark = [
+    pytest.mark.timeout(240),
+    pytest.mark.skipif(bool(EXTERNAL), reason="starts clusters of its own (KBROKER_BOOTSTRAP is set)"),
+]
 
 HOST = "localhost"
 START_TIMEOUT = 60.0  # the command itself gives up after 30 s
