@@ -1450,6 +1450,11 @@ def test_restarted_node_catches_up_after_1000_changes_through_a_snapshot(new_clu
              state=lambda: {t: victim.topic_config(t, "retention.ms") for t in topics})
     checkpoints = list((victim.directory / "data" / "__cluster_metadata-0").glob("*.checkpoint"))
     assert checkpoints, f"no metadata snapshot under node {victim.node_id}'s __cluster_metadata-0"
+    # The log of the topic deleted while it was down goes too (a snapshot has no RemoveTopicRecord to replay).
+    wait_for(lambda: not [d.name for d in (victim.directory / "data").glob(f"{doomed}-*")
+                          if not d.name.endswith("-delete")],
+             f"node {victim.node_id} drops its log of {doomed}, deleted while it was down",
+             state=lambda: sorted(d.name for d in (victim.directory / "data").glob(f"{doomed}-*")))
     # What the victim held before it was killed is still there.
     for t, values in data.items():
         wait_data_back(c.bootstrap, t, 3, values, ends[t], f"node {victim.node_id} caught up from a snapshot")
