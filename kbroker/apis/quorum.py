@@ -149,18 +149,26 @@ async def broker_registration(broker, header, body):
     return {**out, "broker_epoch": epoch[0]}
 
 
+def _registered(broker, quorum, body):
+    """(the sender's registration, None), or (None, the error) for a broker RPC the active controller refuses."""
+    if not quorum.is_active:
+        return None, ErrorCode.NOT_CONTROLLER
+    reg = broker.image.brokers.get(body.broker_id)
+    if reg is None:
+        return None, ErrorCode.BROKER_ID_NOT_REGISTERED
+    if reg.epoch != body.broker_epoch:
+        return None, ErrorCode.STALE_BROKER_EPOCH
+    return reg, None
+
+
 @handles(ApiKey.BROKER_HEARTBEAT)
 async def broker_heartbeat(broker, header, body):
     quorum = _quorum(broker)
     out = {"throttle_time_ms": 0, "error_code": ErrorCode.NONE, "is_caught_up": False, "is_fenced": True,
            "should_shut_down": False}
-    if not quorum.is_active:
-        return {**out, "error_code": ErrorCode.NOT_CONTROLLER}
-    reg = broker.image.brokers.get(body.broker_id)
-    if reg is None:
-        return {**out, "error_code": ErrorCode.BROKER_ID_NOT_REGISTERED}
-    if reg.epoch != body.broker_epoch:
-        return {**out, "error_code": ErrorCode.STALE_BROKER_EPOCH}
+    reg, refusal = _registered(broker, quorum, body)
+    if refusal:
+        return {**out, "error_code": refusal}
     quorum.last_heartbeat[body.broker_id] = trio.current_time()
     want_fenced = body.want_fence or body.want_shut_down
     if reg.fenced != want_fenced:
@@ -185,13 +193,9 @@ async def broker_heartbeat(broker, header, body):
 async def allocate_producer_ids(broker, header, body):
     quorum = _quorum(broker)
     out = {"throttle_time_ms": 0, "error_code": ErrorCode.NONE, "producer_id_start": -1, "producer_id_len": 0}
-    if not quorum.is_active:
-        return {**out, "error_code": ErrorCode.NOT_CONTROLLER}
-    reg = broker.image.brokers.get(body.broker_id)
-    if reg is None:
-        return {**out, "error_code": ErrorCode.BROKER_ID_NOT_REGISTERED}
-    if reg.epoch != body.broker_epoch:
-        return {**out, "error_code": ErrorCode.STALE_BROKER_EPOCH}
+    _reg, refusal = _registered(broker, quorum, body)
+    if refusal:
+        return {**out, "error_code": refusal}
     block = []
 
     def decide():
