@@ -700,6 +700,25 @@ def test_describe_quorum_on_the_controller_listeners(cluster3):
     assert not problems, "DescribeQuorum:\n" + "\n".join(problems)
 
 
+def test_describe_quorum_through_any_broker(cluster3):
+    """As Kafka's brokers do, each broker listener advertises DescribeQuorum and asks the active
+    controller (kafka-metadata-quorum.sh --bootstrap-server, kafka-python's describe_metadata_quorum)."""
+    from kafka.admin import KafkaAdminClient
+
+    c = cluster3
+    active, epoch = wait_for(lambda: c.active_controller()[0] > 0 and c.active_controller(),
+                             "a node logs that it is the active controller")
+    for n in c.brokers:
+        admin = KafkaAdminClient(bootstrap_servers=n.bootstrap, request_timeout_ms=int(WAIT * 1000))
+        try:
+            described = admin.describe_metadata_quorum()
+        finally:
+            admin.close()
+        (part,) = described["topics"][0]["partitions"]
+        assert (part["leader_id"], part["leader_epoch"]) == (active, epoch), (n.node_id, part)
+        assert sorted(v["replica_id"] for v in part["current_voters"]) == [1, 2, 3], (n.node_id, part)
+
+
 # -- 2. admin changes made through one node show on every node ----------------------------
 
 

@@ -24,10 +24,12 @@ from protocol import ApiKey, ErrorCode, ProtocolError
 
 from ..controller.quorum import NotControllerError, as_controller, unwrap_envelope, wrap_response
 from ..raft import wire
-from . import FORWARDED, CloseConnection, dispatch, handles
+from ..netclient import RequestFailed
+from . import FORWARDED, CloseConnection, dispatch, handles, on_controller_listener
 
 log = logging.getLogger("kbroker.controller")
 
+FORWARD_TIMEOUT_S = 10.0
 CONTROLLER_APIS = frozenset({
     ApiKey.VOTE, ApiKey.BEGIN_QUORUM_EPOCH, ApiKey.END_QUORUM_EPOCH, ApiKey.FETCH_SNAPSHOT,
     ApiKey.DESCRIBE_QUORUM, ApiKey.BROKER_REGISTRATION, ApiKey.BROKER_HEARTBEAT, ApiKey.ALLOCATE_PRODUCER_IDS,
@@ -60,6 +62,13 @@ for _key in (ApiKey.VOTE, ApiKey.BEGIN_QUORUM_EPOCH, ApiKey.END_QUORUM_EPOCH, Ap
 @handles(ApiKey.DESCRIBE_QUORUM)
 async def describe_quorum(broker, header, body):
     quorum = _quorum(broker)
+    if not on_controller_listener(broker):
+        # A broker listener (kafka-metadata-quorum.sh --bootstrap-server): as
+        # Kafka's brokers, ask the active controller.
+        try:
+            return await quorum.call(ApiKey.DESCRIBE_QUORUM, header.api_version, body, timeout=FORWARD_TIMEOUT_S)
+        except RequestFailed as e:
+            raise CloseConnection(f"DescribeQuorum not forwarded: {e}") from None
     node = quorum.node
     part = {"partition_index": 0, "error_code": 0, "error_message": None, "leader_id": -1, "leader_epoch": node.epoch,
             "high_watermark": node.high_watermark, "current_voters": [], "observers": []}
