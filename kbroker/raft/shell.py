@@ -34,6 +34,7 @@ the node, and the clock must not jump when the wall clock does.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 from typing import Callable
@@ -73,6 +74,14 @@ def sender_of(request: Message) -> int:
 
 def _now_ms() -> float:
     return trio.current_time() * 1000.0
+
+
+class RaftStorageFailed(Exception):
+    """The metadata log or quorum-state file could not be written: this node stops (Kafka treats it as fatal).
+
+    Raised in the shell's nursery, so it ends the process whichever task met
+    the failure -- a request handler's connection must not swallow it.
+    """
 
 
 class _Waiter:
@@ -155,7 +164,8 @@ class RaftShell:
         waiter = _Waiter()
         self._waiters[key] = waiter
         try:
-            self.node.handle(request, _now_ms())
+            with self._fatal_on_disk_error():
+                self.node.handle(request, _now_ms())
             self._pump()
             limit = (self.config.fetch_max_wait_ms + self.config.request_timeout_ms) / 1000
             with trio.move_on_after(limit):
@@ -168,14 +178,28 @@ class RaftShell:
 
     def propose(self, payloads: list[bytes]) -> int:
         """Append on the leader (raises NotLeaderError elsewhere); returns the last offset."""
-        offset = self.node.propose(payloads)
+        with self._fatal_on_disk_error():
+            offset = self.node.propose(payloads)
         self._pump()
         return offset
 
     def snapshot(self, up_to_offset: int, blob: bytes):
-        sid = self.node.snapshot(up_to_offset, blob)
+        with self._fatal_on_disk_error():
+            sid = self.node.snapshot(up_to_offset, blob)
         self._pump()
         return sid
+
+    @contextlib.contextmanager
+    def _fatal_on_disk_error(self):
+        """A disk failure inside the state machine stops the node (see :class:`RaftStorageFailed`)."""
+        try:
+            yield
+        except OSError as e:
+            failure = RaftStorageFailed(f"node {self.node_id}: the metadata log or quorum state could not be "
+                                        f"written ({e}); stopping")
+            if self._nursery is not None:
+                self._nursery.start_soon(_raise, failure)
+            raise failure from e
 
     # ------------------------------------------------------------------ outputs
     def _pump(self) -> None:
@@ -216,7 +240,8 @@ class RaftShell:
                     await self._wake.wait()
             else:
                 await self._wake.wait()
-            self.node.tick(_now_ms())
+            with self._fatal_on_disk_error():
+                self.node.tick(_now_ms())
             self._pump()
             # Our own pump needs no wake-up: next_deadline() is read again
             # right away.  Resetting after it (not before) keeps the wake-ups
@@ -247,9 +272,12 @@ class RaftShell:
                     self._complain(peer, f"node {peer} refuses our {type(msg).__name__}: INCONSISTENT_CLUSTER_ID "
                                          f"(this node belongs to cluster {self.cluster_id}; was it formatted with "
                                          f"another cluster id than the quorum's?)")
-                # An OSError here is the metadata log's disk failing: it ends
-                # the process (Kafka treats it as fatal), nothing else does.
-                self.node.handle(response, _now_ms())
+                with self._fatal_on_disk_error():
+                    self.node.handle(response, _now_ms())
                 self._pump()
         finally:
             await conn.aclose()
+
+
+async def _raise(failure: BaseException) -> None:
+    raise failure
