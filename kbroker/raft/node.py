@@ -398,6 +398,15 @@ class RaftNode:
             granted = no_live_leader and self._log_up_to_date(
                 req.last_offset_epoch, req.last_offset
             )
+            if (granted and isinstance(s, Prospective) and req.replica_id > self.node_id
+                    and (req.last_offset_epoch, req.last_offset) == (self.log.last_epoch, self.log.end_offset)):
+                # Two voters whose leader went away together time out
+                # together (their fetch timers started at the same answer);
+                # granting each other's pre-vote makes two candidates that
+                # split the vote and wait a backoff.  Between equal logs the
+                # lower id goes first.  Liveness only: a pre-vote commits
+                # nothing, and the lower id still needs its own majority.
+                granted = False
         elif isinstance(s, (Unattached, Prospective)) and s.voted_id in (None, req.replica_id):
             granted = self._log_up_to_date(req.last_offset_epoch, req.last_offset)
             if granted and s.voted_id is None:

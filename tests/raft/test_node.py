@@ -158,6 +158,28 @@ def test_a_follower_that_hears_from_its_leader_refuses_pre_votes():
     assert not resp.vote_granted and resp.leader_id == 1 and n.epoch == 3
 
 
+def test_two_prospective_voters_with_equal_logs_do_not_both_pass_the_pre_vote():
+    """The survivors of a dead leader time out together; only the lower id may go on, so the vote is not split."""
+    low, high = node(node_id=1, log=log_of(1, 1)), node(node_id=2, log=log_of(1, 1))
+    for n in (low, high):
+        n.tick(n.next_deadline())
+        assert n.role == "prospective"
+        n.take_messages()
+    ask = lambda n, frm: n.handle(VoteRequest(77, None, n.node_id, 1, frm, 1, 2, True), 5)  # noqa: E731
+    ask(low, 2)
+    (answer_low,) = [m for _, m in low.take_messages() if isinstance(m, VoteResponse)]
+    ask(high, 1)
+    (answer_high,) = [m for _, m in high.take_messages() if isinstance(m, VoteResponse)]
+    assert (answer_low.vote_granted, answer_high.vote_granted) == (False, True)
+    # a longer log still wins the pre-vote whatever its id
+    longer = node(node_id=1, log=log_of(1, 1))
+    longer.tick(longer.next_deadline())
+    longer.take_messages()
+    longer.handle(VoteRequest(78, None, 1, 1, 2, 1, 3, True), 5)  # node 2, one entry more
+    (answer,) = [m for _, m in longer.take_messages() if isinstance(m, VoteResponse)]
+    assert answer.vote_granted
+
+
 def test_propose_on_a_follower_names_the_leader():
     n = node(node_id=2)
     n.handle(BeginQuorumEpochRequest(1, None, 2, 1, 3), 0)
