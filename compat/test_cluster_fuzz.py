@@ -13,8 +13,8 @@ Bodies come from the hypothesis strategies of ``tests/protocol/test_fuzz.py``
 half are *aimed* so that they get past the first checks and reach Raft and
 the controller: exactly one topic ``__cluster_metadata`` (topic id 1 for
 Fetch v13+) and partition 0, the cluster's own id (or none), senders that
-are voters (1..3), an observer (4) or anything, small epochs near the
-quorum's or random ones (int32 extremes included), Fetches from replicas
+are voters (1..3), an observer (4) or anything, epochs near the
+quorum's current one or random ones (int32 extremes included), Fetches from replicas
 (``replica_id`` / ``replica_state``), broker RPCs naming brokers 1..3, and
 Envelopes around an encoded forwarded admin request.
 
@@ -51,8 +51,9 @@ pytestmark = [
 ]
 
 ANSWER_WAIT = 20.0  # a parked Raft Fetch is answered within fetch_max_wait_ms + request_timeout_ms
-RECOVERY_WAIT = 90.0
-MINIMAL_WAIT = 30.0  # the minimal reproductions: elections and registrations on an otherwise idle cluster  # the quorum may have been moved to a huge epoch: elections, then registrations
+RECOVERY_WAIT = 45.0  # the quorum may have been moved to a huge epoch: elections, then registrations
+SETTLE_WAIT = 20.0  # after each API: an election takes seconds (election timeout 1 s, fetch timeout 2 s)
+MINIMAL_WAIT = 20.0  # the minimal reproductions: elections and registrations on an otherwise idle cluster
 METADATA_TOPIC = "__cluster_metadata"
 METADATA_TOPIC_ID = uuid.UUID(int=1)
 FETCH, API_VERSIONS, CREATE_TOPICS, DESCRIBE_QUORUM = 1, 18, 19, 55
@@ -128,14 +129,16 @@ def cluster(request, _clusters):
 # -- aiming random bodies at Raft and the controller -------------------------------------
 
 
-def _aim(st, api: int, version: int, body: dict, cluster_id: str):
-    """A strategy: ``body`` (drawn at random) rewritten so that it gets past the first checks."""
+def _aim(st, api: int, version: int, body: dict, cluster_id: str, epoch_now: int):
+    """A strategy: ``body`` (drawn at random) rewritten so that it gets past the first checks
+    (``epoch_now``: the quorum's epoch, which the aimed epochs are drawn near)."""
     from protocol import ApiKey, encode_request, request_schema, supported_versions
 
     from kbroker.apis import FORWARDED
 
     ids = st.sampled_from([1, 2, 3, 4, -1]) | st.integers(-(2**31), 2**31 - 1)
-    epochs = st.integers(0, 40) | st.sampled_from([2**31 - 1, 2**31 - 2, -1, 2**30]) | st.integers(-(2**31), 2**31 - 1)
+    epochs = (st.integers(-2, 30).map(lambda d: max(-1, min(epoch_now + d, 2**31 - 1)))
+              | st.sampled_from([2**31 - 1, 2**31 - 2, -1, 0, 2**30]) | st.integers(-(2**31), 2**31 - 1))
     offsets = st.integers(-1, 200) | st.integers(-(2**63), 2**63 - 1)
     cids = st.just(cluster_id) | st.none()
 
@@ -165,10 +168,19 @@ def _aim(st, api: int, version: int, body: dict, cluster_id: str):
             if version >= 15 and b.get("replica_state") is not None:
                 b["replica_state"] = {**b["replica_state"], "replica_id": draw(ids, label="replica_state.replica_id")}
             b["max_wait_ms"] = draw(st.integers(0, 600), label="max_wait_ms")
-        topics = b.get("topics") or []
-        if not topics:
+        # one topic holding one partition: any the random body has, or one of another random body
+        def first_partition(body):
+            return next(((t, t["partitions"][0]) for t in body.get("topics") or [] if t.get("partitions")), None)
+
+        found = first_partition(b)
+        for _ in range(4):
+            if found is not None:
+                break
+            found = first_partition(draw(_fuzz_module().body_strategy(request_schema(api), version),
+                                         label="another body"))
+        if found is None:
             return b
-        topic = dict(topics[0])
+        topic = {**found[0], "partitions": [found[1]]}
         if api == ApiKey.FETCH:
             name_field, name, index_field = ("topic_id", METADATA_TOPIC_ID, "partition") if version >= 13 \
                 else ("topic", METADATA_TOPIC, "partition")
@@ -348,11 +360,12 @@ def test_random_controller_rpcs(cluster, api_key):
     def one(data):
         if failures:
             raise AssertionError(failures[0])
+        epoch_now = max([v[2] for v in _quorum_views(cluster).values() if len(v) == 3] or [0])
         for version in versions:
             body = data.draw(fz.body_strategy(msg, version), label=f"v{version}")
             aimed = data.draw(st.booleans(), label="aimed")
             if aimed:
-                body = data.draw(_aim(st, api_key, version, body, cluster.cluster_id), label=f"aimed v{version}")
+                body = data.draw(_aim(st, api_key, version, body, cluster.cluster_id, epoch_now), label=f"aimed v{version}")
             node = nodes[data.draw(st.integers(0, len(nodes) - 1), label="node")]
             try:
                 wire = kraw.encode(api_key, version, body, 11, client_id="cluster-fuzz")
@@ -394,7 +407,7 @@ def test_random_controller_rpcs(cluster, api_key):
         raise
     print(f"{_api_name(api_key)} v{lo}-{hi}: {sent}")
     _check_alive(cluster)
-    leader, epoch = _wait_settled(cluster)  # a crash a disturbed quorum leads to shows here, in this API's test
+    leader, epoch = _wait_settled(cluster, timeout=SETTLE_WAIT)  # a crash it leads to shows here, in this test
     print(f"  then: leader node {leader}, epoch {epoch}")
 
 
