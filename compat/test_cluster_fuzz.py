@@ -407,7 +407,13 @@ def test_random_controller_rpcs(cluster, api_key):
         raise
     print(f"{_api_name(api_key)} v{lo}-{hi}: {sent}")
     _check_alive(cluster)
-    leader, epoch = _wait_settled(cluster, timeout=SETTLE_WAIT)  # a crash it leads to shows here, in this test
+    try:
+        leader, epoch = _wait_settled(cluster, timeout=SETTLE_WAIT)  # a crash it leads to shows here, in this test
+    except AssertionError as e:
+        recent = "\n".join(f"node {nid}:\n  " + "\n  ".join(h) for (cid, nid), h in sorted(HISTORY.items())
+                           if cid == id(cluster))
+        pytest.fail(f"the quorum did not recover after the {_api_name(api_key)} fuzzing: {e}\n"
+                    f"the last requests sent to each node (newest last):\n{recent}", pytrace=False)
     print(f"  then: leader node {leader}, epoch {epoch}")
 
 
