@@ -272,7 +272,7 @@ class MetadataQuorum:
     @property
     def leader_id(self) -> int | None:
         lid = self.node.leader_id
-        return lid if self.node.role in ("leader", "follower") else None
+        return lid if self.node.role in ("leader", "follower") and lid in self.voters else None
 
     # ------------------------------------------------------------------ the active controller
     def next_offset(self) -> int:

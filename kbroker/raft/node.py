@@ -102,6 +102,7 @@ UNKNOWN_LEADER_EPOCH = int(ErrorCode.UNKNOWN_LEADER_EPOCH)
 NOT_LEADER_OR_FOLLOWER = int(ErrorCode.NOT_LEADER_OR_FOLLOWER)
 SNAPSHOT_NOT_FOUND = int(ErrorCode.SNAPSHOT_NOT_FOUND)
 INCONSISTENT_CLUSTER_ID = int(ErrorCode.INCONSISTENT_CLUSTER_ID)
+INCONSISTENT_VOTER_SET = int(ErrorCode.INCONSISTENT_VOTER_SET)
 
 
 class NotLeaderError(Exception):
@@ -315,8 +316,10 @@ class RaftNode:
         each other back to a dead one."""
         s = self.state
         lid = None if leader_id < 0 else leader_id
-        if lid == self.node_id:
-            lid = None  # a stale echo of our own leadership teaches nothing
+        if lid == self.node_id or lid not in self.voters:
+            # A stale echo of our own leadership teaches nothing, and only a
+            # voter can lead: a node following anyone else would be lost.
+            lid = None
         if epoch > s.epoch:
             if lid is not None:
                 self.quorum.to_follower(epoch, lid, now)
@@ -460,6 +463,13 @@ class RaftNode:
             resp = BeginQuorumEpochResponse(req.correlation_id, INCONSISTENT_CLUSTER_ID, -1, self.epoch)
             self._send(req.leader_id, resp)
             return
+        if req.leader_id not in self.voters:
+            # Only a voter can lead (Kafka: INCONSISTENT_VOTER_SET); following
+            # anyone else would send this node's fetches nowhere.
+            cur = self._current_leader()
+            resp = BeginQuorumEpochResponse(req.correlation_id, INCONSISTENT_VOTER_SET, cur.leader_id, cur.leader_epoch)
+            self._send(req.leader_id, resp)
+            return
         if req.leader_epoch < self.epoch:
             cur = self._current_leader()
             resp = BeginQuorumEpochResponse(req.correlation_id, FENCED_LEADER_EPOCH, cur.leader_id, cur.leader_epoch)
@@ -499,7 +509,7 @@ class RaftNode:
 
     def _on_end_quorum(self, req: EndQuorumEpochRequest, now: float) -> None:
         s = self.state
-        if self.quorum.is_voter and self._cluster_ok(req):
+        if self.quorum.is_voter and self._cluster_ok(req) and req.leader_id in self.voters:
             # A later epoch ends ours whatever we are; in our own epoch only
             # those still waiting on that leader react (an election already
             # under way carries on).

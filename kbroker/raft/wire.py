@@ -69,6 +69,8 @@ Choices that follow Kafka's KRaft client (``RaftUtil``/``KafkaRaftClient``)
 
 from __future__ import annotations
 
+import dataclasses
+
 import itertools
 import uuid
 from typing import Any, Callable, Mapping
@@ -321,8 +323,30 @@ def _api(api_key: int) -> ApiKey:
     return api
 
 
+# Epochs at or above this are refused (ValueError) in both directions.  The
+# wire field is an int32 and every election adds one: a node moved to the
+# last few epochs by a message (a corrupt or hostile peer) could never
+# elect a leader again.  No real quorum gets near it.
+MAX_EPOCH = (1 << 31) - 1 - 1_000_000
+
+
+def _check_epochs(msg, what: str):
+    for f in dataclasses.fields(msg):
+        value = getattr(msg, f.name)
+        if dataclasses.is_dataclass(value):
+            _check_epochs(value, what)
+        elif f.name.endswith("epoch") and isinstance(value, int) and value >= MAX_EPOCH:
+            raise ValueError(f"{what}: {f.name} {value} is beyond any real quorum's epochs")
+    return msg
+
+
 def request_from_kafka(api_key: int, version: int, correlation_id: int, body: Mapping) -> Message:
-    """The request dataclass for a decoded body; ValueError unless it is about ``__cluster_metadata``-0 alone."""
+    """The request dataclass for a decoded body; ValueError unless it is about ``__cluster_metadata``-0 alone
+    with plausible epochs (see :data:`MAX_EPOCH`)."""
+    return _check_epochs(_request_from_kafka(api_key, version, correlation_id, body), _api(api_key).name)
+
+
+def _request_from_kafka(api_key: int, version: int, correlation_id: int, body: Mapping) -> Message:
     api = _api(api_key)
     p = _only_partition(api, version, False, body)
     if api == ApiKey.VOTE:
@@ -441,6 +465,11 @@ def _absent(*values: int) -> bool:
 
 
 def response_from_kafka(api_key: int, version: int, correlation_id: int, body: Mapping) -> Message:
+    """The response dataclass for a decoded body (ValueError as for requests, epochs included)."""
+    return _check_epochs(_response_from_kafka(api_key, version, correlation_id, body), _api(api_key).name)
+
+
+def _response_from_kafka(api_key: int, version: int, correlation_id: int, body: Mapping) -> Message:
     """The response dataclass for a decoded body; ValueError for an answer that is neither an error nor ours."""
     api = _api(api_key)
     top = body.get("error_code") or 0

@@ -180,6 +180,18 @@ def test_two_prospective_voters_with_equal_logs_do_not_both_pass_the_pre_vote():
     assert answer.vote_granted
 
 
+def test_only_a_voter_can_be_followed_as_leader():
+    n = node(node_id=2)
+    n.handle(BeginQuorumEpochRequest(1, None, 2, 1024, 9), 0)  # leader 1024 is no voter
+    (resp,) = [m for _, m in n.take_messages()]
+    assert resp.error_code == 94 and n.role != "follower" and n.epoch == 0  # INCONSISTENT_VOTER_SET
+    # a fetch answer naming a non-voter at a later epoch moves the epoch, not the leader
+    n.handle(BeginQuorumEpochRequest(2, None, 2, 1, 3), 1)
+    fetch = [m for _, m in n.take_messages() if isinstance(m, FetchRequest)][0]
+    n.handle(FetchResponse(fetch.correlation_id, 0, 0, 0, LeaderIdAndEpoch(1024, 4)), 2)
+    assert n.epoch == 4 and n.leader_id is None
+
+
 def test_propose_on_a_follower_names_the_leader():
     n = node(node_id=2)
     n.handle(BeginQuorumEpochRequest(1, None, 2, 1, 3), 0)

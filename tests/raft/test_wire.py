@@ -298,3 +298,19 @@ def test_answer_about_another_partition_without_error_is_refused():
     cid, decoded = response_frame(ApiKey.BEGIN_QUORUM_EPOCH, 1, 4, body)
     with pytest.raises(ValueError, match="orders"):
         wire.response_from_kafka(ApiKey.BEGIN_QUORUM_EPOCH, 1, cid, decoded)
+
+
+def test_epochs_no_real_quorum_reaches_are_refused_both_ways():
+    """An epoch near the int32 limit would leave no room for the next election: refused on arrival."""
+    from kbroker.raft.wire import MAX_EPOCH
+
+    vote = VoteRequest(5, "c", 1, MAX_EPOCH, 2, 0, 0, False)
+    api, version, body = wire.request_to_kafka(vote, sender_id=2)
+    with pytest.raises(ValueError, match="epoch"):
+        wire.request_from_kafka(api, version, 5, body)
+    ok = VoteRequest(5, "c", 1, MAX_EPOCH - 1, 2, 0, 0, False)
+    api, version, body = wire.request_to_kafka(ok, sender_id=2)
+    assert wire.request_from_kafka(api, version, 5, body) == ok
+    answer = VoteResponse(5, 0, 1, MAX_EPOCH + 7, True)
+    with pytest.raises(ValueError, match="epoch"):
+        wire.response_from_kafka(api, version, 5, wire.response_to_kafka(answer, version))
