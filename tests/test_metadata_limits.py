@@ -97,7 +97,8 @@ async def test_init_producer_id_never_echoes_the_client(broker):
 
 def offline_broker(tmp_path, n_topics: int) -> Broker:
     """A Broker whose image holds ``n_topics`` one-partition topics, never started:
-    handlers are called directly and ``submit`` only records what it is given."""
+    handlers are called directly and ``submit`` only records what it is given
+    (what a decision function returns), writing nothing."""
     b = Broker(make_config(tmp_path))
     for i in range(n_topics):
         tid = uuid.uuid4()
@@ -107,7 +108,10 @@ def offline_broker(tmp_path, n_topics: int) -> Broker:
     b.submitted = []
 
     async def submit(records):
-        b.submitted.append(records)
+        if callable(records):  # decided under the lock, as Broker.submit does
+            records = records()
+        if records:
+            b.submitted.append(records)
 
     b.submit = submit
     return b

@@ -521,7 +521,8 @@ def _apply_logger_changes(changes) -> None:
         log.info("log level of %s set to %s", logger, "(inherited)" if level is None else _level_name(level))
 
 
-async def _alter(broker, body, *, incremental: bool):
+def _plan(broker, body, incremental: bool):
+    """(responses, records, logger changes, too many records) for an (Incremental)AlterConfigs request."""
     responses = []
     records = []
     logger_changes = []
@@ -555,6 +556,29 @@ async def _alter(broker, body, *, incremental: bool):
         # Kafka's bounded record list: the operation fails as a whole once it
         # would write more than MAX_RECORDS_PER_USER_OP records.
         too_many = len(records) > MAX_RECORDS_PER_USER_OP
+    return responses, records, logger_changes, too_many
+
+
+async def _alter(broker, body, *, incremental: bool):
+    # Planned under the metadata lock (submit calls decide): a change computed
+    # from the current configs (APPEND, SUBTRACT) must not race another.
+    planned = []
+
+    def decide():
+        planned[:] = [_plan(broker, body, incremental)]
+        _responses, records, _loggers, too_many = planned[0]
+        return [] if too_many or body.validate_only else records
+
+    if body.validate_only:
+        decide()
+    else:
+        try:
+            await broker.submit(decide)
+        except MetadataWriteFailed as e:
+            for entry in planned[0][0]:
+                if entry["error_code"] == ErrorCode.NONE and entry["resource_type"] != BROKER_LOGGER_RESOURCE:
+                    entry.update(error_code=ErrorCode.KAFKA_STORAGE_ERROR, error_message=str(e))
+    responses, _records, logger_changes, too_many = planned[0]
     if too_many:
         return {"throttle_time_ms": 0, "responses": [
             {"error_code": ErrorCode.POLICY_VIOLATION, "error_message": TOO_MANY_RECORDS,
@@ -562,12 +586,6 @@ async def _alter(broker, body, *, incremental: bool):
             for r in body.resources
         ]}
     if not body.validate_only:
-        try:
-            await broker.submit(records)
-        except MetadataWriteFailed as e:
-            for entry in responses:
-                if entry["error_code"] == ErrorCode.NONE and entry["resource_type"] != BROKER_LOGGER_RESOURCE:
-                    entry.update(error_code=ErrorCode.KAFKA_STORAGE_ERROR, error_message=str(e))
         _apply_logger_changes(logger_changes)
     return {"throttle_time_ms": 0, "responses": responses}
 

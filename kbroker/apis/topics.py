@@ -90,33 +90,38 @@ def _refused(header, name):
 
 @handles(ApiKey.DELETE_TOPICS)
 async def delete_topics(broker, header, body):
-    requested = []
     if header.api_version >= 6:
         requested = [(t.name, t.topic_id if t.name is None else None) for t in body.topics]
     else:
         requested = [(n, None) for n in body.topic_names]
-    responses, records = [], []
-    removing = set()
-    for name, tid in requested:
-        if name is not None and tid is None and not broker.config["delete.topic.enable"]:
-            responses.append({"name": name, "topic_id": ZERO_UUID, "error_code": ErrorCode.TOPIC_DELETION_DISABLED,
-                              "error_message": "Topic deletion is disabled."})
-            continue
-        recs, code, msg, rname, rid = broker.controller.delete_topic(name=name, topic_id=tid)
-        if code == ErrorCode.NONE and rid in removing:
-            recs = []
-        if code == ErrorCode.NONE and rname in ("__consumer_offsets", "__transaction_state"):
-            recs, code, msg = [], ErrorCode.TOPIC_AUTHORIZATION_FAILED, "Internal topics cannot be deleted."
-        removing.add(rid)
-        records.extend(recs)
-        responses.append({"name": rname, "topic_id": rid or ZERO_UUID, "error_code": code, "error_message": msg})
-    if len(records) > MAX_RECORDS_PER_USER_OP:
-        # The controller operation fails as a whole, so every topic reports it.
-        for r in responses:
-            r["error_code"], r["error_message"] = ErrorCode.POLICY_VIOLATION, TOO_MANY_RECORDS
-        return {"throttle_time_ms": 0, "responses": responses}
+    responses: list[dict] = []
+
+    def decide():
+        # Under the metadata lock (see Broker.submit): decided from the image as it is.
+        responses.clear()
+        records, removing = [], set()
+        for name, tid in requested:
+            if name is not None and tid is None and not broker.config["delete.topic.enable"]:
+                responses.append({"name": name, "topic_id": ZERO_UUID, "error_code": ErrorCode.TOPIC_DELETION_DISABLED,
+                                  "error_message": "Topic deletion is disabled."})
+                continue
+            recs, code, msg, rname, rid = broker.controller.delete_topic(name=name, topic_id=tid)
+            if code == ErrorCode.NONE and rid in removing:
+                recs = []
+            if code == ErrorCode.NONE and rname in ("__consumer_offsets", "__transaction_state"):
+                recs, code, msg = [], ErrorCode.TOPIC_AUTHORIZATION_FAILED, "Internal topics cannot be deleted."
+            removing.add(rid)
+            records.extend(recs)
+            responses.append({"name": rname, "topic_id": rid or ZERO_UUID, "error_code": code, "error_message": msg})
+        if len(records) > MAX_RECORDS_PER_USER_OP:
+            # The controller operation fails as a whole, so every topic reports it.
+            for r in responses:
+                r["error_code"], r["error_message"] = ErrorCode.POLICY_VIOLATION, TOO_MANY_RECORDS
+            return []
+        return records
+
     try:
-        await broker.submit(records)
+        await broker.submit(decide)
     except MetadataWriteFailed as e:
         _storage_error(responses, e)
     return {"throttle_time_ms": 0, "responses": responses}
@@ -136,14 +141,20 @@ async def create_partitions(broker, header, body):
         where.append(len(results))
         results.append(None)
         wanted.append((t.name, t.count, assignments))
-    records, outcomes = broker.controller.create_partitions(wanted)
-    for i, (name, _count, _a), (code, msg) in zip(where, wanted, outcomes):
-        results[i] = {"name": name, "error_code": code, "error_message": msg}
-    if not body.validate_only:
+    def decide():
+        # Under the metadata lock (see Broker.submit): counts checked against the image as it is.
+        records, outcomes = broker.controller.create_partitions(wanted)
+        for i, (name, _count, _a), (code, msg) in zip(where, wanted, outcomes):
+            results[i] = {"name": name, "error_code": code, "error_message": msg}
+        return [] if body.validate_only else records
+
+    if body.validate_only:
+        decide()
+    else:
         try:
-            await broker.submit(records)
+            await broker.submit(decide)
         except MetadataWriteFailed as e:
-            _storage_error(results, e)
+            _storage_error([r for r in results if r is not None], e)
     return {"throttle_time_ms": 0, "results": results}
 
 
