@@ -461,3 +461,37 @@ def commit_until_ready(sock: socket.socket, group: str, topic: str, offsets: dic
         if not set(errs.values()) <= RETRIABLE_COORDINATOR or time.monotonic() > deadline:
             raise AssertionError(f"OffsetCommit {group}: errors {errs}")
         time.sleep(0.1)
+
+
+def answer_or_close(sock: socket.socket, marker: int, timeout: float) -> Optional[list[bytes]]:
+    """The frames read until the answer carrying correlation id ``marker``, or until the peer
+    closed (the frames so far); None when neither happened within ``timeout``."""
+    sock.settimeout(timeout)
+    frames: list[bytes] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            frame = kraw.read_frame(sock)
+        except ConnectionResetError:
+            return frames
+        except socket.timeout:
+            return None
+        if frame is None:
+            return frames
+        frames.append(frame)
+        if struct.unpack_from(">i", frame)[0] == marker:
+            return frames
+    return None
+
+
+def fuzz_strategies():
+    """tests/protocol/test_fuzz.py as a module: its hypothesis strategies draw bodies from the
+    generated field tables (shared by the abuse suite and the cluster fuzz)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "tests" / "protocol" / "test_fuzz.py"
+    spec = importlib.util.spec_from_file_location("_kbroker_abuse_fuzz_strategies", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

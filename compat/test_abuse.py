@@ -22,7 +22,6 @@ import struct
 import subprocess
 import threading
 import time
-from pathlib import Path
 
 import pytest
 
@@ -299,17 +298,6 @@ def test_connect_storm(target):
 # -- 3. random well-framed bodies for every advertised API and version ---------------------
 
 
-def _fuzz_module():
-    """tests/protocol/test_fuzz.py: its strategies draw bodies from the generated field tables."""
-    import importlib.util
-
-    path = Path(__file__).resolve().parent.parent / "tests" / "protocol" / "test_fuzz.py"
-    spec = importlib.util.spec_from_file_location("_kbroker_abuse_fuzz_strategies", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def _served() -> dict[int, tuple[int, int]]:
     """What the broker advertises (its handler table; the test checks the live answer agrees)."""
     from kbroker.apis import HANDLERS
@@ -339,22 +327,10 @@ def fuzz_target(fuzz_broker, request):
 
 def _answer_or_close(sock: socket.socket, marker: int, timeout: float = WAIT) -> list[bytes]:
     """Frames until the answer carrying correlation id ``marker`` (or a close)."""
-    sock.settimeout(timeout)
-    frames = []
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            frame = kraw.read_frame(sock)
-        except ConnectionResetError:
-            return frames
-        except socket.timeout:
-            break
-        if frame is None:
-            return frames
-        frames.append(frame)
-        if struct.unpack_from(">i", frame)[0] == marker:
-            return frames
-    pytest.fail(f"the broker neither answered nor closed within {timeout}s")
+    frames = abuse.answer_or_close(sock, marker, timeout)
+    if frames is None:
+        pytest.fail(f"the broker neither answered nor closed within {timeout}s")
+    return frames
 
 
 @pytest.mark.parametrize("api_key", list(_served()), ids=_api_name)
@@ -368,7 +344,7 @@ def test_random_bodies_for_every_api_and_version(fuzz_target, api_key):
 
     from protocol import ProtocolError, decode_response, request_schema, supported_versions
 
-    fz = _fuzz_module()
+    fz = abuse.fuzz_strategies()
     lo, hi = _served()[api_key]
     codec_lo, codec_hi = supported_versions(api_key)
     versions = [v for v in range(lo, hi + 1) if codec_lo <= v <= codec_hi]

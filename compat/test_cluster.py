@@ -155,6 +155,13 @@ def kbroker_cli(*args: str, timeout: float = 60.0) -> subprocess.CompletedProces
 # -- one node ----------------------------------------------------------------------------
 
 
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
 def _tail(path: Path, since: int = 0, limit: int = 20000) -> str:
     try:
         with open(path, "rb") as f:
@@ -201,10 +208,7 @@ class Node:
         return self.broker_port
 
     def log_size(self) -> int:
-        try:
-            return self.log_path.stat().st_size
-        except OSError:
-            return 0
+        return _size(self.log_path)
 
     def log_text(self, since: int = 0, limit: int = 20000) -> str:
         return _tail(self.log_path, since, limit)
@@ -446,10 +450,7 @@ class Cluster:
 
     # for conftest.watch_broker (the command's own output)
     def log_size(self) -> int:
-        try:
-            return self.log_path.stat().st_size
-        except OSError:
-            return 0
+        return _size(self.log_path)
 
     def log_text(self, since: int = 0, limit: int = 20000) -> str:
         return _tail(self.log_path, since, limit)

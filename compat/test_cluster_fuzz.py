@@ -33,7 +33,6 @@ node's Metadata, and every node lists the three brokers.
 
 from __future__ import annotations
 
-import socket
 import struct
 import time
 import uuid
@@ -42,7 +41,8 @@ import pytest
 
 from compat import kraw
 from compat.conftest import EXTERNAL, unique_name, watch_broker
-from compat.test_abuse import FUZZ_EXAMPLES, _fuzz_module
+from compat.abuse import answer_or_close, fuzz_strategies
+from compat.test_abuse import FUZZ_EXAMPLES
 from compat.test_cluster import HOST, Cluster, wait_for
 
 pytestmark = [
@@ -158,7 +158,7 @@ def _aim(st, api: int, version: int, body: dict, cluster_id: str, epoch_now: int
             inner = draw(st.sampled_from(sorted(FORWARDED)), label="inner api")
             lo, hi = supported_versions(inner)
             iv = draw(st.integers(lo, hi), label="inner version")
-            ibody = draw(_fuzz_module().body_strategy(request_schema(inner), iv), label="inner body")
+            ibody = draw(fuzz_strategies().body_strategy(request_schema(inner), iv), label="inner body")
             try:
                 b["request_data"] = bytes(encode_request(inner, iv, ibody, correlation_id=7, client_id="x"))[4:]
             except Exception:  # noqa: BLE001 - not encodable: keep the random bytes
@@ -176,7 +176,7 @@ def _aim(st, api: int, version: int, body: dict, cluster_id: str, epoch_now: int
         for _ in range(4):
             if found is not None:
                 break
-            found = first_partition(draw(_fuzz_module().body_strategy(request_schema(api), version),
+            found = first_partition(draw(fuzz_strategies().body_strategy(request_schema(api), version),
                                          label="another body"))
         if found is None:
             return b
@@ -311,26 +311,6 @@ def _check_works(c: Cluster, above_epoch: int = -1, timeout: float = RECOVERY_WA
 # -- one request ------------------------------------------------------------------------
 
 
-def _answer_or_close(sock: socket.socket, marker: int, timeout: float = ANSWER_WAIT):
-    """Frames until the answer carrying correlation id ``marker`` (None: no answer nor close in time)."""
-    sock.settimeout(timeout)
-    frames = []
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            frame = kraw.read_frame(sock)
-        except ConnectionResetError:
-            return frames
-        except socket.timeout:
-            return None
-        if frame is None:
-            return frames
-        frames.append(frame)
-        if struct.unpack_from(">i", frame)[0] == marker:
-            return frames
-    return None
-
-
 @pytest.mark.parametrize("api_key", list(_targets()), ids=_api_name)
 def test_random_controller_rpcs(cluster, api_key):
     """Random (and aimed) bodies for every version, each to one node's CONTROLLER listener; the
@@ -340,7 +320,7 @@ def test_random_controller_rpcs(cluster, api_key):
 
     from protocol import ProtocolError, decode_response, request_schema
 
-    fz = _fuzz_module()
+    fz = fuzz_strategies()
     lo, hi = _targets()[api_key]
     versions = list(range(lo, hi + 1))
     nodes = [cluster.nodes[i] for i in sorted(cluster.nodes)]
@@ -379,7 +359,7 @@ def test_random_controller_rpcs(cluster, api_key):
                         s.sendall(wire + kraw.api_versions_request(12))
                     except (BrokenPipeError, ConnectionResetError):
                         pass  # closed while we wrote: a refusal
-                    frames = _answer_or_close(s, 12)
+                    frames = answer_or_close(s, 12, ANSWER_WAIT)
                 assert frames is not None, f"no answer nor close within {ANSWER_WAIT:.0f}s: {what}"
                 sent["aimed" if aimed else "raw"] += 1
                 answered = False
@@ -401,7 +381,7 @@ def test_random_controller_rpcs(cluster, api_key):
 
     try:
         one()
-    except Exception as e:  # noqa: BLE001 - report the first failure as it happened
+    except Exception:  # noqa: BLE001 - report the first failure as it happened
         if failures:
             pytest.fail(failures[0], pytrace=False)
         raise
