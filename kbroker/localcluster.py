@@ -327,7 +327,8 @@ def prepare(cluster: ClusterPlan, out: Callable[[str], None] = lambda line: None
 # ---------------------------------------------------------------------------
 
 
-def _port_free(port: int) -> bool:
+def port_free(port: int) -> bool:
+    """Whether a TCP port on 127.0.0.1 can be bound now (another process may take it a moment later)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
@@ -485,7 +486,7 @@ def run(nodes: int, controllers: Optional[int] = None, directory: Optional[str] 
     except (ClusterError, OSError) as e:
         complain(str(e))
         return 1
-    busy = [(node, name, p) for node in cluster.nodes for name, p in node.ports if not _port_free(p)]
+    busy = [(node, name, p) for node in cluster.nodes for name, p in node.ports if not port_free(p)]
     if busy:
         for node, name, p in busy:
             complain(f"port {p} (node {node.node_id}, {name}) is already in use")

@@ -168,14 +168,7 @@ def summary(xs: list[float], unit: str = "ms") -> str:
 
 
 def ports_free(first: int, count: int) -> bool:
-    for port in range(first, first + count):
-        with socket.socket() as s:
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                return False
-    return True
+    return all(localcluster.port_free(port) for port in range(first, first + count))
 
 
 def pick_port(nodes: int) -> int:
