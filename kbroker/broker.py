@@ -41,13 +41,13 @@ log = logging.getLogger("kbroker.broker")
 METADATA_TOPIC = "__cluster_metadata"
 # How long InitProducerId waits for a block of ids from the active controller.
 PRODUCER_ID_BLOCK_WAIT_S = 5.0
+# How long one stretch of partition-log work may hold the trio thread.
+SYNC_SLICE_SECONDS = 0.005
+ZERO_UUID = uuid.UUID(int=0)
 
 
 class ProducerIdsUnavailable(Exception):
     """No block of producer ids could be had from the controller in time (retriable for the client)."""
-# How long one stretch of partition-log work may hold the trio thread.
-SYNC_SLICE_SECONDS = 0.005
-ZERO_UUID = uuid.UUID(int=0)
 
 
 def _broker_log_properties(config: Config) -> dict[str, str]:
@@ -111,9 +111,9 @@ class Broker:
         self.quorum: MetadataQuorum | None = None
         self.broker_epoch = -1
         self.registered = trio.Event()
+        self._left = False  # leave_cluster() has run
         # What the committed records applied since the last sync changed
         # (None: everything), see _after_apply.
-        self._left = False
         self._dirty_topics: set[str] | None = None
         self._broker_config_changed = True
         self._swept = False
@@ -213,7 +213,7 @@ class Broker:
 
     def _note_change(self, name: str, record) -> None:
         """Remember what a record changes, for the next :meth:`_after_apply` (before it is applied)."""
-        if name in ("TopicRecord",):
+        if name == "TopicRecord":
             topic = record.name
         elif name in ("PartitionRecord", "PartitionChangeRecord", "RemoveTopicRecord"):
             t = self.image.topics_by_id.get(record.topic_id)
@@ -268,7 +268,8 @@ class Broker:
         Kafka's controlled shutdown, minus moving leadership (with one replica
         per partition there is nowhere to move it until replication lands).
         The active controller's own broker does it too, through its own
-        controller listener (still serving: see :meth:`leave_cluster`).  Bounded: a shutdown never waits on an unreachable quorum.
+        controller listener (still serving: see :meth:`leave_cluster`).
+        Bounded: a shutdown never waits on an unreachable quorum.
         """
         if not self.is_broker or self.broker_epoch < 0:
             return
@@ -296,6 +297,12 @@ class Broker:
             for e in self.config.advertised_listeners
         ]
         interval = self.config["broker.heartbeat.interval.ms"] / 1000
+        while True:
+            await self._register_with_controller(incarnation, endpoints, interval)
+            await self._heartbeat_until_refused(interval)
+            self.broker_epoch = -1
+
+    async def _register_with_controller(self, incarnation, endpoints, interval: float) -> None:
         while self.broker_epoch < 0:
             try:
                 resp = await self.quorum.call(ApiKey.BROKER_REGISTRATION, 4, {
@@ -317,21 +324,25 @@ class Broker:
             log.info("registered as broker %d (epoch %d)", self.node_id, self.broker_epoch)
             self.registered.set()
             self.quorum.reapply()  # the group load and the stray-log cleanup may now be due
+
+    async def _heartbeat_until_refused(self, interval: float) -> None:
+        """BrokerHeartbeat every ``interval``; returns when the controller no longer knows this registration."""
         while True:
             await trio.sleep(interval)
             try:
                 resp = await self.quorum.call(ApiKey.BROKER_HEARTBEAT, 1, {
                     "broker_id": self.node_id, "broker_epoch": self.broker_epoch,
-                    "current_metadata_offset": self.quorum.applied - 1, "want_fence": False,
-                    "want_shut_down": False,
+                    # Once leaving, heartbeats keep asking to be fenced: an
+                    # ordinary one would unfence a broker that is shutting down.
+                    "current_metadata_offset": self.quorum.applied - 1, "want_fence": self._left,
+                    "want_shut_down": self._left,
                 }, timeout=max(interval, 1.0))
             except RequestFailed as e:
                 log.debug("broker heartbeat: %s", e)
                 continue
             if resp.error_code in (ErrorCode.STALE_BROKER_EPOCH, ErrorCode.BROKER_ID_NOT_REGISTERED):
                 log.warning("broker heartbeat refused (%s); registering again", ErrorCode(resp.error_code).name)
-                self.broker_epoch = -1
-                return await self._registration_loop()
+                return
 
     async def leave_cluster(self) -> None:
         """A graceful stop's first step in a cluster: fenced at the controller, then Raft leadership handed over.
