@@ -408,7 +408,7 @@ BROKER_CONFIGS: dict[str, ConfigDef] = _defs(
     C("cluster.id", "string", None, _cluster_id, nullable=True,
       note="not a Kafka setting; if given, must match meta.properties (kbroker generates one)"),
     C("broker.rack", "string", None, nullable=True,
-      note="registered with the broker in a cluster; rack-aware placement is not done yet"),
+      note="registered with the broker in a cluster; placement takes racks in turn"),
     C("initial.broker.registration.timeout.ms", "int", 60000, effective=False,
       note="a single node registers in-process"),
     C("broker.heartbeat.interval.ms", "int", 2000, _pos,

@@ -56,6 +56,26 @@ def topic_name_error(name: str) -> str | None:
     return None
 
 
+def rack_alternated(brokers) -> list[int]:
+    """Broker ids in the order placement walks them: racks taken in turn (Kafka's rack-aware order).
+
+    Replicas of a partition are consecutive brokers of this list, and
+    consecutive partitions start one broker further on, so with racks set
+    (``broker.rack``) a partition's replicas land on different racks and
+    leaders spread over racks too.  Without racks it is simply the sorted ids.
+    """
+    by_rack: dict = {}
+    for b in sorted(brokers, key=lambda b: b.broker_id):
+        by_rack.setdefault(b.rack or "", []).append(b.broker_id)
+    if len(by_rack) <= 1:
+        return [i for ids in by_rack.values() for i in ids]
+    racks = [by_rack[r] for r in sorted(by_rack)]
+    out = []
+    for i in range(max(len(ids) for ids in racks)):
+        out.extend(ids[i] for ids in racks if i < len(ids))
+    return out
+
+
 @dataclass
 class TopicResult:
     name: str
@@ -173,7 +193,7 @@ class Controller:
                 ErrorCode.INVALID_TOPIC_EXCEPTION,
                 f"Topic '{name}' collides with existing topic: {other}",
             )
-        live = sorted(b.broker_id for b in self.image.live_brokers())
+        live = rack_alternated(self.image.live_brokers())
         if assignments:
             if replication_factor != -1:
                 return fail(
@@ -358,7 +378,7 @@ class Controller:
                 planned.append((t, count, assignments))
         if total > MAX_RECORDS_PER_USER_OP:
             return [], [(ErrorCode.POLICY_VIOLATION, TOO_MANY_RECORDS)] * len(requests)
-        live = sorted(b.broker_id for b in self.image.live_brokers())
+        live = rack_alternated(self.image.live_brokers())
         live_set = set(live)
         records: list[Record] = []
         for t, count, assignments in planned:

@@ -195,3 +195,20 @@ def test_a_replication_factor_above_the_limit_is_refused_until_replication_exist
                                           ErrorCode.NONE]
     assert "does not replicate partitions yet" in results[0].message
     assert {b["name"] for n, b in records if n == "TopicRecord"} == {"rf1"}
+
+
+def test_placement_takes_racks_in_turn():
+    from kbroker.controller.controller import rack_alternated
+
+    brokers = [ns(broker_id=i, rack=r) for i, r in ((1, "a"), (2, "a"), (3, "b"), (4, "b"), (5, "c"))]
+    assert rack_alternated(brokers) == [1, 3, 5, 2, 4]
+    assert rack_alternated([ns(broker_id=i, rack=None) for i in (3, 1, 2)]) == [1, 2, 3]
+    image = MetadataImage()
+    for b in brokers:
+        image.apply("RegisterBrokerRecord", ns(broker_id=b.broker_id, incarnation_id=uuid.uuid4(), broker_epoch=0,
+                                               end_points=[], rack=b.rack, fenced=False))
+    c = controller(image)
+    records, results = c.create_topics([{"name": "t", "num_partitions": 5, "replication_factor": 1}])
+    assert results[0].error == ErrorCode.NONE
+    leaders = [b["leader"] for n, b in records if n == "PartitionRecord"]
+    assert leaders == [1, 3, 5, 2, 4]  # consecutive partitions lead on different racks
