@@ -1478,3 +1478,50 @@ def test_restarted_node_catches_up_after_1000_changes_through_a_snapshot(new_clu
     # What the victim held before it was killed is still there.
     for t, values in data.items():
         wait_data_back(c.bootstrap, t, 3, values, ends[t], f"node {victim.node_id} caught up from a snapshot")
+
+
+def test_metadata_log_dir_holds_the_metadata_log(tmp_path, request):
+    """``metadata.log.dir`` outside ``log.dirs`` (Kafka's KRaft setting): the metadata log, its
+    quorum-state and meta.properties live there, no partition log does, and a restart reads it."""
+    from kbroker import localcluster
+
+    base = free_port_block(2)
+    cbase = free_port_block(2, avoid=(range(base, base + 2),))
+    plan = localcluster.plan(2, None, str(tmp_path / "cluster"), base, cbase,
+                             [f"{k}={v}" for k, v in FAST_SESSION.items()])
+    localcluster.write_properties(plan)
+    r = kbroker_cli("random-uuid")
+    assert r.returncode == 0, r.stderr
+    nodes = []
+    for spec in plan.nodes:
+        with open(spec.config_path, "a") as f:
+            f.write(f"metadata.log.dir={Path(spec.directory) / 'meta'}\n")
+        f = kbroker_cli("format", "-t", r.stdout.strip(), "-c", spec.config_path)
+        assert f.returncode == 0, f"kbroker format node {spec.node_id}: {f.stdout}{f.stderr}"
+        nodes.append(Node(spec.node_id, Path(spec.directory), spec.broker_port, spec.controller_port))
+    for n in nodes:
+        watch_broker(request, n)
+    try:
+        for n in nodes:
+            n.start()
+        wait_brokers(nodes, expected_brokers(nodes))
+        t = unique_name("cl-mdir")
+        err, msg = nodes[1].create_topic_raw(t, 4)
+        assert err == 0, f"CreateTopics: error {err} {msg}"
+        wait_topic_everywhere(nodes, t, 4)
+        for n in nodes:
+            meta = n.directory / "meta"
+            assert (meta / "__cluster_metadata-0" / "quorum-state").is_file(), sorted(meta.rglob("*"))
+            assert (meta / "meta.properties").is_file()
+            assert not list(meta.glob(f"{t}-*")), "a partition log in metadata.log.dir"
+            assert not list(n.directory.glob("data/__cluster_metadata-*")), "the metadata log in log.dirs"
+            assert list(n.directory.glob(f"data/{t}-*")), "no partition log in log.dirs"
+        for n in nodes:
+            assert n.stop() == 0
+        for n in nodes:
+            n.start()
+        wait_brokers(nodes, expected_brokers(nodes))
+        wait_topic_everywhere(nodes, t, 4)
+    finally:
+        for n in nodes:
+            n.kill()

@@ -112,6 +112,7 @@ class Broker:
         self.broker_epoch = -1
         self.registered = trio.Event()
         self._left = False  # leave_cluster() has run
+        self._own_raft_log: DiskRaftLog | None = None  # in metadata.log.dir, outside the LogManager
         # What the committed records applied since the last sync changed
         # (None: everything), see _after_apply.
         self._dirty_topics: set[str] | None = None
@@ -164,11 +165,17 @@ class Broker:
         self.image.cluster_id = self.cluster_id
         self.logs = LogManager(self.log_dirs, self.default_log_config, topic_config=self._log_config_or_none)
         self.logs.high_watermark = self._high_watermark
-        mlog = self.logs.get(METADATA_TOPIC, 0) or self.logs.create(
-            METADATA_TOPIC, 0, DiskRaftLog.CONFIG, log_dir=self.log_dirs[0]
-        )
-        raft_log = DiskRaftLog.over(mlog)
-        store = FileQuorumStateStore(os.path.join(mlog.path, "quorum-state"))
+        mdir = self._metadata_dir()
+        if mdir in self.log_dirs:
+            mlog = self.logs.get(METADATA_TOPIC, 0) or self.logs.create(
+                METADATA_TOPIC, 0, DiskRaftLog.CONFIG, log_dir=mdir
+            )
+            raft_log = DiskRaftLog.over(mlog)
+        else:
+            # metadata.log.dir outside log.dirs: the metadata log has a
+            # directory of its own, which no partition log shares (Kafka's rule).
+            raft_log = self._own_raft_log = await trio.to_thread.run_sync(DiskRaftLog.open, mdir)
+        store = FileQuorumStateStore(os.path.join(raft_log.path, "quorum-state"))
         self.quorum = MetadataQuorum(
             self.node_id, self.cluster_id, self.config.quorum_voters, raft_log, store,
             config=raft_config(self.config), apply=self._apply_committed, load_snapshot=self._load_snapshot,
@@ -184,11 +191,17 @@ class Broker:
         nursery.start_soon(self.logs.run_cleaner, self.config["log.cleaner.backoff.ms"])
         nursery.start_soon(self.logs.run_flusher, min(max(self.config["log.flush.scheduler.interval.ms"], 1), 1000))
 
+    def _metadata_dir(self) -> str:
+        """``metadata.log.dir``, else the first of ``log.dirs`` (Kafka's default)."""
+        mdir = self.config["metadata.log.dir"]
+        return os.path.abspath(mdir) if mdir else self.log_dirs[0]
+
     def _clustered_cluster_id(self) -> str:
         """The cluster id every log dir agrees on; a cluster node must be formatted (or given cluster.id)."""
         wanted = self.config["cluster.id"] if "cluster.id" in self.config else None
         found: str | None = None
-        for d in self.log_dirs:
+        dirs = list(dict.fromkeys([*self.log_dirs, self._metadata_dir()]))
+        for d in dirs:
             props = metadata_log.read_meta_properties(d)
             if props is None:
                 continue
@@ -197,10 +210,10 @@ class Broker:
         cid = wanted or found
         if not cid:
             raise ConfigError(
-                f"log.dirs: {self.log_dirs[0]} is not formatted; a node of a cluster needs the cluster's id: "
+                f"log.dirs: {dirs[0]} is not formatted; a node of a cluster needs the cluster's id: "
                 f"run `kbroker format -t <cluster id> -c <server.properties>` (ids from `kbroker random-uuid`), "
                 f"or set cluster.id")
-        for d in self.log_dirs:
+        for d in dirs:
             os.makedirs(d, exist_ok=True)
             metadata_log.read_or_create_meta_properties(d, self.node_id, cid)
         return cid
@@ -371,6 +384,8 @@ class Broker:
 
     def _close_sync(self) -> None:
         self.logs.close()
+        if self._own_raft_log is not None:
+            self._own_raft_log.close()
 
     def _log_config_or_none(self, topic: str) -> LogConfig | None:
         if topic == METADATA_TOPIC:

@@ -463,9 +463,9 @@ BROKER_CONFIGS: dict[str, ConfigDef] = _defs(
     C("log.dir", "string", "./kbroker-data", kafka_default="/tmp/kafka-logs"),
     C("log.dirs", "list", None, nullable=True,
       note="takes precedence over log.dir; config['log.dirs'] always gives the effective list"),
-    C("metadata.log.dir", "string", None, nullable=True, effective=False,
-      note="`kbroker format` writes meta.properties there; the metadata log itself stays in the "
-           "first log.dirs entry until the cluster work (issue 8)"),
+    C("metadata.log.dir", "string", None, nullable=True,
+      note="a cluster node keeps __cluster_metadata there; the single node keeps it in the first "
+           "log.dirs entry"),
     # The metadata log and its snapshots (KRaftConfigs).  A cluster node
     # snapshots its image every ...between.snapshots bytes of records; the
     # single node's log is not trimmed or snapshotted.
