@@ -300,7 +300,7 @@ class Broker:
         timeout = self.config["broker.session.timeout.ms"]
         while True:
             await trio.sleep(min(timeout / 4000, 1.0))
-            await self.quorum.fence_expired(self.image, self.controller, self.submit, timeout)
+            await self.quorum.fence_expired(self.controller, self.submit, timeout)
 
     async def _registration_loop(self) -> None:
         """BrokerRegistration, then BrokerHeartbeat every broker.heartbeat.interval.ms, for the process's life."""

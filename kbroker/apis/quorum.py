@@ -20,9 +20,9 @@ import time
 
 import trio
 
-from protocol import ApiKey, ErrorCode, ProtocolError
+from protocol import ApiKey, ErrorCode, ProtocolError, decode_request
 
-from ..controller.quorum import NotControllerError, as_controller, unwrap_envelope, wrap_response
+from ..controller.quorum import NotControllerError, as_controller, wrap_response
 from ..raft import wire
 from ..netclient import RequestFailed
 from . import FORWARDED, CloseConnection, dispatch, handles, on_controller_listener
@@ -223,7 +223,7 @@ async def allocate_producer_ids(broker, header, body):
 async def envelope(broker, header, body):
     _quorum(broker)
     try:
-        inner_header, inner_body = unwrap_envelope(body.request_data)
+        inner_header, inner_body = decode_request(body.request_data)
     except ProtocolError as e:
         log.warning("refusing an Envelope whose request does not decode: %s", e)
         return {"response_data": None, "error_code": ErrorCode.INVALID_REQUEST}

@@ -46,7 +46,7 @@ from typing import Callable
 import trio
 
 from protocol import ApiKey, ErrorCode, decode_response, encode_request, encode_response
-from protocol.codec import RequestHeader, decode_request
+from protocol.codec import RequestHeader
 from protocol.envelopes import decode_metadata_record, encode_metadata_record
 
 from ..netclient import PeerConnection, RequestFailed
@@ -105,7 +105,6 @@ class MetadataQuorum:
         self.node_id = node_id
         self.cluster_id = cluster_id
         self.voters = voters
-        self.raft_log = raft_log
         self._apply = apply
         self._load_snapshot = load_snapshot
         self._after_apply = after_apply
@@ -123,7 +122,7 @@ class MetadataQuorum:
         self._sync_due = trio.Event()
         self._channels: dict[int, PeerConnection] = {}
         self.last_heartbeat: dict[int, float] = {}
-        self._active_since: float | None = None
+        self._announced_active = False  # "is the active controller" logged for this leadership
 
     @property
     def node(self):
@@ -156,8 +155,11 @@ class MetadataQuorum:
         if isinstance(event, (HighWatermarkChanged, SnapshotLoaded)):
             self._committed.set()
         if isinstance(event, RoleChanged):
-            self._active_since = None
+            self._announced_active = False
             self._committed.set()  # re-check whether we became active
+            # A submit waiting for its commit must learn that leadership went.
+            self._applied_changed.set()
+            self._applied_changed = trio.Event()
 
     # ------------------------------------------------------------------ applying
     def _install(self, snap) -> None:
@@ -194,8 +196,8 @@ class MetadataQuorum:
                 if self._bytes_since_snapshot >= self.snapshot_bytes:
                     self._snapshot()
                 await trio.sleep(0)  # a long catch-up must not starve the connections
-            if self.is_active and self._active_since is None:
-                self._active_since = trio.current_time()
+            if self.is_active and not self._announced_active:
+                self._announced_active = True
                 # A new active controller gives every broker a full session.
                 self.last_heartbeat.clear()
                 log.info("node %d is the active controller (epoch %d, metadata offset %d)",
@@ -219,12 +221,12 @@ class MetadataQuorum:
     def shell_now_ms(self) -> float:
         return trio.current_time() * 1000.0
 
-    async def fence_expired(self, image, controller, submit, session_timeout_ms: int) -> None:
+    async def fence_expired(self, controller, submit, session_timeout_ms: int) -> None:
         """On the active controller: fence brokers not heard from for ``broker.session.timeout.ms``."""
         if not self.is_active:
             return
         now = trio.current_time()
-        for b in list(image.brokers.values()):
+        for b in list(controller.image.brokers.values()):
             if b.fenced:
                 continue
             seen = self.last_heartbeat.setdefault(b.broker_id, now)
@@ -298,9 +300,7 @@ class MetadataQuorum:
             while self.applied <= last:
                 if self.node.epoch != epoch or self.node.role != "leader":
                     raise NotControllerError(f"lost leadership of epoch {epoch} before offset {last} committed")
-                changed = self._applied_changed
-                with trio.move_on_after(0.1):  # a role change wakes _committed, not always _applied_changed
-                    await changed.wait()
+                await self._applied_changed.wait()  # set by every apply and every role change
             return
         raise NotControllerError(f"offset {last} not committed within {CALL_TIMEOUT_S:.0f}s")
 
@@ -350,11 +350,6 @@ class MetadataQuorum:
             raise RequestFailed(f"the controller refused the forwarded request: error {response.error_code}")
         _cid, inner = decode_response(header.api_key, header.api_version, response.response_data)
         return inner
-
-
-def unwrap_envelope(request_data) -> tuple[RequestHeader, object]:
-    """The client request inside an Envelope (raises ProtocolError if it does not decode)."""
-    return decode_request(request_data)
 
 
 def wrap_response(header: RequestHeader, body) -> bytes:
