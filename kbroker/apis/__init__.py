@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextvars
 import importlib
-import socket
+import ipaddress
 from typing import Awaitable, Callable, NamedTuple
 
 from protocol import ApiKey, advertised_versions
@@ -100,10 +100,9 @@ async def dispatch(broker, header, body):
         return await handler.func(broker, header, body)
     if header.api_key in FORWARDED and not as_controller.get():
         if not on_controller_listener(broker):
-            host = client_address.get()[0]
             try:
-                packed = socket.inet_pton(socket.AF_INET6 if ":" in host else socket.AF_INET, host) if host else b""
-            except OSError:
+                packed = ipaddress.ip_address(client_address.get()[0]).packed
+            except ValueError:
                 packed = b""
             try:
                 return await broker.quorum.forward(header, body, packed)

@@ -24,6 +24,7 @@ from protocol import ApiKey, ErrorCode, ProtocolError, decode_request
 
 from ..controller.quorum import NotControllerError, as_controller, wrap_response
 from ..raft import wire
+from ..raft.state import ReplicaState
 from ..netclient import RequestFailed
 from . import FORWARDED, CloseConnection, dispatch, handles, on_controller_listener
 
@@ -74,7 +75,8 @@ async def describe_quorum(broker, header, body):
             "high_watermark": node.high_watermark, "current_voters": [], "observers": []}
     states = node.replica_states()
     if not states:
-        part.update(error_code=ErrorCode.NOT_LEADER_OR_FOLLOWER, leader_id=quorum.leader_id or -1)
+        part.update(error_code=ErrorCode.NOT_LEADER_OR_FOLLOWER,
+                    leader_id=-1 if quorum.leader_id is None else quorum.leader_id)
     else:
         # Kafka reports wall-clock milliseconds; the shell's clock is monotonic.
         shift = time.time() * 1000 - quorum.shell_now_ms()
@@ -87,7 +89,7 @@ async def describe_quorum(broker, header, body):
 
         me = node.node_id
         voters = sorted(quorum.voters)
-        part["current_voters"] = [row(v, states[v]) if v in states else row(v, _Unknown) for v in voters]
+        part["current_voters"] = [row(v, states.get(v, ReplicaState())) for v in voters]
         part["observers"] = [row(o, st) for o, st in sorted(states.items()) if o not in quorum.voters]
         part["current_voters"][voters.index(me)]["last_fetch_timestamp"] = int(time.time() * 1000)
         part["current_voters"][voters.index(me)]["last_caught_up_timestamp"] = int(time.time() * 1000)
@@ -107,12 +109,6 @@ async def describe_quorum(broker, header, body):
 def _controller_listener(broker) -> str:
     names = broker.config["controller.listener.names"]
     return names[0].upper() if names else "CONTROLLER"
-
-
-class _Unknown:
-    end_offset = None
-    last_fetch_ms = float("-inf")
-    last_caught_up_ms = float("-inf")
 
 
 def _ms(value: float, shift: float) -> int:

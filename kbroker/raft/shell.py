@@ -117,7 +117,6 @@ class RaftShell:
         self._lanes: dict[tuple[int, str], trio.MemorySendChannel] = {}
         self._wake = trio.Event()
         self._nursery: trio.Nursery | None = None
-        self._closed = False
         self.changed = trio.Event()  # set (and replaced) whenever the role or high watermark changes
         self._complained: dict[int, float] = {}
         self._inflight = 0  # requests the lanes are sending or awaiting (a resignation waits for them)
